@@ -1,0 +1,115 @@
+"""The portable backend: every stage of the whitening in plain PyTorch ops, on any device.
+
+It is the spec every other backend must equal. Inputs are groups `a` of shape (g, p, q): p whitened
+dimensions, q samples. Internal matrices are fp32 (fp64 for fp64 inputs) and live in the smaller
+space, n = min(p, q): every P_k is a polynomial of S, and `ac q(ac^T ac) = q(ac ac^T) ac`, so when
+p > q the Newton iteration runs on the q x q Gram matrix instead (the trace is still taken in the
+original space, by the caller).
+
+Newton-Schulz costs 3 products per step after the first (`P_1 = 1.5 I - 0.5 Sn` is free); its
+backward costs 5 per step, using that every iterate is symmetric and commutes with Sn.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NewtonIterates = list[tuple[Tensor, Tensor]]
+"""(P_{k-1}, P_{k-1}^3) for k = 2..T: what the backward of Newton-Schulz needs."""
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the internal matrices: fp64 stays fp64, everything else runs in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def symmetric_part(m: Tensor) -> Tensor:
+    """(m + m^T) / 2 over the last two dimensions."""
+    return 0.5 * (m + m.mT)
+
+
+def _centred(a: Tensor, mean: Tensor) -> Tensor:
+    return a.to(mean.dtype) - mean
+
+
+def _product_in_layout_of(a: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """`left @ right`, laid out in memory like `a` (so a transposed view gets a transposed result)."""
+    if a.stride(-1) == 1:
+        return left @ right
+    return (right.mT @ left.mT).mT
+
+
+def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
+    """Row means of `a` (g, p, 1) and the centred Gram matrix in the smaller space over (q - ddof)."""
+    mean = a.to(compute_dtype(a.dtype)).mean(-1, keepdim=True)
+    ac = _centred(a, mean)
+    p, q = a.shape[-2:]
+    k = ac @ ac.mT if p <= q else ac.mT @ ac
+    return mean, k.div_(q - ddof)
+
+
+def newton(sn: Tensor, iterations: int, keep_iterates: bool) -> tuple[Tensor, NewtonIterates]:
+    """P_T of the Newton-Schulz iteration on the trace-normalised `sn`, and the iterates to save."""
+    n = sn.shape[-1]
+    if iterations == 0:
+        return torch.eye(n, dtype=sn.dtype, device=sn.device).expand_as(sn).clone(), []
+    p = sn * -0.5
+    p.diagonal(dim1=-2, dim2=-1).add_(1.5)
+    iterates: NewtonIterates = []
+    for _ in range(iterations - 1):
+        cube = (p @ p) @ p
+        if keep_iterates:
+            iterates.append((p, cube))
+        p = torch.baddbmm(p, cube, sn, beta=1.5, alpha=-0.5)
+    return p, iterates
+
+
+def newton_backward(sn: Tensor, iterates: NewtonIterates, grad_p: Tensor, iterations: int) -> Tensor:
+    """Gradient with respect to `sn` (symmetric) from the symmetric gradient of P_T.
+
+    For P_k = 1.5 P - 0.5 P^3 Sn with G the gradient of P_k and H = sym(G Sn):
+    grad P = 1.5 G - 0.5 (P^2 H + H P^2 + P H P) and grad Sn += -0.5 sym(P^3 G).
+    """
+    if iterations == 0:
+        return torch.zeros_like(sn)
+    g = grad_p
+    grad_sn = torch.zeros_like(sn)
+    for p, cube in reversed(iterates):
+        grad_sn = torch.baddbmm(grad_sn, cube, g, alpha=-0.5)
+        h = symmetric_part(g @ sn)
+        z = p @ h
+        y = p @ z
+        g = 1.5 * g - 0.5 * (y + y.mT + z @ p)
+    # P_1 = 1.5 I - 0.5 Sn
+    return symmetric_part(grad_sn) - 0.5 * g
+
+
+def whiten(a: Tensor, mean: Tensor, w: Tensor) -> Tensor:
+    """`w @ ac` (or `ac @ w` when the smaller space is the samples'), in the input's dtype."""
+    ac = _centred(a, mean)
+    p, q = a.shape[-2:]
+    out = _product_in_layout_of(a, w, ac) if p <= q else _product_in_layout_of(a, ac, w)
+    return out.to(a.dtype)
+
+
+def whiten_backward(a: Tensor, mean: Tensor, w: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of `whiten` with respect to the centred input and to `w`."""
+    ac = _centred(a, mean)
+    g = grad_out.to(mean.dtype)
+    p, q = a.shape[-2:]
+    if p <= q:
+        return w.mT @ g, g @ ac.mT
+    return g @ w.mT, ac.mT @ g
+
+
+def gram_backward(a: Tensor, mean: Tensor, grad_k: Tensor, grad_ac: Tensor, ddof: int) -> Tensor:
+    """Input gradient: adds the (symmetric) Gram gradient to `grad_ac`, then undoes the centring."""
+    ac = _centred(a, mean)
+    p, q = a.shape[-2:]
+    scale = 2.0 / (q - ddof)
+    if p <= q:
+        grad_ac = torch.baddbmm(grad_ac, grad_k, ac, alpha=scale)
+    else:
+        grad_ac = torch.baddbmm(grad_ac, ac, grad_k, alpha=scale)
+    return (grad_ac - grad_ac.mean(-1, keepdim=True)).to(a.dtype)

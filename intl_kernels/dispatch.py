@@ -1,0 +1,96 @@
+"""The backend registry: name -> stages of the whitening, and which backend `"auto"` picks.
+
+A backend implements six stages (forward: gram, newton, whiten; backward: whiten_backward,
+newton_backward, gram_backward) with the signatures of `backends.torch_ops`; the autograd function
+in `function.py` chains them and does the scalar trace algebra in between. `"reference"` is not a
+staged backend: it runs the eager official math with autograd (see `reference.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from intl_kernels.backends import cpp, torch_ops
+
+REFERENCE = "reference"
+BACKEND_NAMES = (REFERENCE, "torch", "cpp", "cuda", "triton")
+ENV_VARIABLE = "INTL_BACKEND"
+
+# Fastest first, per device type. On CPU the "cpp" backend only replaces the Gram stage so far and
+# measured no faster than "torch" (README, Backends), so "auto" keeps "torch" there.
+_AUTO_ORDER = {"cpu": ("torch",), "cuda": ("triton", "cuda", "torch")}
+_AUTO_FALLBACK = ("torch",)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The stages of one whitening implementation, and when it can run."""
+
+    name: str
+    gram: Callable
+    newton: Callable
+    whiten: Callable
+    whiten_backward: Callable
+    newton_backward: Callable
+    gram_backward: Callable
+    unusable_reason: Callable[[torch.device, torch.dtype], str | None]
+    """None when the backend runs on this device and dtype, else why it does not."""
+
+
+def _torch_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    return None
+
+
+_TORCH_STAGES = dict(
+    gram=torch_ops.gram,
+    newton=torch_ops.newton,
+    whiten=torch_ops.whiten,
+    whiten_backward=torch_ops.whiten_backward,
+    newton_backward=torch_ops.newton_backward,
+    gram_backward=torch_ops.gram_backward,
+)
+
+_REGISTRY: dict[str, Backend] = {
+    "torch": Backend(name="torch", unusable_reason=_torch_unusable_reason, **_TORCH_STAGES),
+    "cpp": Backend(
+        name="cpp", unusable_reason=cpp.unusable_reason, **{**_TORCH_STAGES, "gram": cpp.gram}
+    ),
+}
+
+
+def _unusable_reason(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    if name == REFERENCE:
+        return None
+    if name not in _REGISTRY:
+        return f"the {name!r} backend is not part of this build of intl_kernels"
+    return _REGISTRY[name].unusable_reason(device, dtype)
+
+
+def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    """Names of the backends that can whiten a tensor of this device and dtype here."""
+    device = torch.device(device)
+    return [name for name in BACKEND_NAMES if _unusable_reason(name, device, dtype) is None]
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend | None:
+    """The backend to run for `name` ("auto" or one of BACKEND_NAMES); None means the reference.
+
+    `"auto"` honours the INTL_BACKEND environment variable, then takes the fastest usable backend
+    for the device; it never fails for lack of a compiled extension. A backend asked for by name
+    that cannot run raises a RuntimeError that says why.
+    """
+    if name == "auto":
+        name = os.environ.get(ENV_VARIABLE, "auto") or "auto"
+        if name == "auto":
+            order = _AUTO_ORDER.get(device.type, _AUTO_FALLBACK)
+            name = next(n for n in order if _unusable_reason(n, device, dtype) is None)
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}: choose 'auto' or one of {', '.join(BACKEND_NAMES)}")
+    reason = _unusable_reason(name, device, dtype)
+    if reason is not None:
+        raise RuntimeError(f"backend {name!r} cannot run on {device} {dtype}: {reason}")
+    return None if name == REFERENCE else _REGISTRY[name]
