@@ -3,7 +3,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(intl_kernels, m) {
-  m.def("gram(Tensor a, int ddof) -> (Tensor mean, Tensor k)");
+  m.def("gram(Tensor a, int ddof) -> (Tensor centred, Tensor mean, Tensor k)");
 }
 
 // Importing intl_kernels._C runs the registrations above; the module itself exposes nothing.

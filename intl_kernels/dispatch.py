@@ -2,15 +2,18 @@
 
 A backend implements six stages (forward: gram, newton, whiten; backward: whiten_backward,
 newton_backward, gram_backward) with the signatures of `backends.torch_ops`; the autograd function
-in `function.py` chains them and does the scalar trace algebra in between. `"reference"` is not a
-staged backend: it runs the eager official math with autograd (see `reference.py`).
+in `function.py` chains them and does the scalar trace algebra in between. `gram` also returns the
+backend's `source`: the form of the input its later stages read (the input itself for kernels that
+centre tiles as they load them, or a centred copy), which the function saves for backward.
+`"reference"` is not a staged backend: it runs the eager official math with autograd (see
+`reference.py`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -56,9 +59,7 @@ _TORCH_STAGES = dict(
 
 _REGISTRY: dict[str, Backend] = {
     "torch": Backend(name="torch", unusable_reason=_torch_unusable_reason, **_TORCH_STAGES),
-    "cpp": Backend(
-        name="cpp", unusable_reason=cpp.unusable_reason, **{**_TORCH_STAGES, "gram": cpp.gram}
-    ),
+    "cpp": Backend(name="cpp", unusable_reason=cpp.unusable_reason, **{**_TORCH_STAGES, "gram": cpp.gram}),
 }
 
 

@@ -49,7 +49,7 @@ class _GatherBatch(torch.autograd.Function):
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded)
         ctx.rows = rows
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:

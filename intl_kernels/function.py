@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from intl_kernels.dispatch import Backend, resolve_backend
 from intl_kernels.backends import torch_ops
+from intl_kernels.dispatch import Backend, resolve_backend
 from intl_kernels.reference import whiten_groups_reference
 
 __all__ = ["IterNormFunction", "iternorm", "whiten_groups", "whitening_matrix"]
@@ -51,8 +51,7 @@ def _check_groups(a: Tensor, samples: str = "samples") -> None:
         raise ValueError(f"nothing to whiten: the input has shape {tuple(a.shape)}")
     if a.shape[-1] < 2:
         raise ValueError(
-            f"need at least 2 {samples} to centre over and estimate a covariance from, "
-            f"got {a.shape[-1]}"
+            f"need at least 2 {samples} to centre over and estimate a covariance from, got {a.shape[-1]}"
         )
 
 
@@ -94,34 +93,34 @@ class IterNormFunction(torch.autograd.Function):
         ctx: Any, a: Tensor, iterations: int, eps: float, ddof: int, backend: Backend, recompute: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         with torch.autocast(a.device.type, enabled=False):
-            mean, k = backend.gram(a, ddof)
+            source, mean, k = backend.gram(a, ddof)
             sn, trace, w, iterates = _newton_whitening(
                 k, a.shape[-2], iterations, eps, backend, keep_iterates=not recompute
             )
-            out = backend.whiten(a, mean, w)
+            out = backend.whiten(source, mean, w).to(a.dtype)
         ctx.mark_non_differentiable(mean, w)
-        ctx.save_for_backward(a, mean, sn, trace, w, *(t for pair in iterates for t in pair))
-        ctx.settings = (iterations, ddof, backend, recompute)
+        ctx.save_for_backward(source, mean, sn, trace, w, *(t for pair in iterates for t in pair))
+        ctx.settings = (iterations, ddof, backend, recompute, a.dtype)
         return out, mean, w
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: Tensor, _grad_mean: Tensor, _grad_w: Tensor) -> tuple:
-        a, mean, sn, trace, w, *flat = ctx.saved_tensors
-        iterations, ddof, backend, recompute = ctx.settings
-        with torch.autocast(a.device.type, enabled=False):
-            grad_ac, grad_w = backend.whiten_backward(a, mean, w, grad_out)
+        source, mean, sn, trace, w, *flat = ctx.saved_tensors
+        iterations, ddof, backend, recompute, dtype = ctx.settings
+        with torch.autocast(source.device.type, enabled=False):
+            grad_ac, grad_w = backend.whiten_backward(source, mean, w, grad_out)
             grad_trace = -0.5 * (grad_w * w).sum((-2, -1), keepdim=True) / trace
             grad_p = (grad_w + grad_w.mT).mul_(0.5 * trace.rsqrt())
             if recompute:
                 iterates = backend.newton(sn, iterations, keep_iterates=True)[1]
             else:
-                iterates = list(zip(flat[0::2], flat[1::2]))
+                iterates = list(zip(flat[0::2], flat[1::2], strict=True))
             grad_sn = backend.newton_backward(sn, iterates, grad_p, iterations)
             grad_trace = grad_trace - (grad_sn * sn).sum((-2, -1), keepdim=True) / trace
             grad_k = grad_sn.div_(trace)
             grad_k.diagonal(dim1=-2, dim2=-1).add_(grad_trace[:, :, 0])
-            grad_a = backend.gram_backward(a, mean, grad_k, grad_ac, ddof)
+            grad_a = backend.gram_backward(source, mean, grad_k, grad_ac, ddof).to(dtype)
         return grad_a, None, None, None, None, None
 
 
@@ -179,7 +178,7 @@ def iternorm(
         raise ValueError(f"axis must be 0 or 1, got {axis!r}")
     a = x.unsqueeze(0) if axis == 0 else x.mT.unsqueeze(0)
     _check_groups(a, "features (axis=0 centres each sample over D)" if axis == 0 else "samples (N)")
-    out = whiten_groups(a, iterations, eps, 1, backend, recompute)[0][0]
+    out = whiten_groups(a, iterations, eps, 1, backend, recompute)[0].squeeze(0)
     return out if axis == 0 else out.mT
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -56,7 +56,9 @@ def intl_trade_off(axis: int, batch_size: int, emb_dim: int) -> float:
     return 0.01 * (math.log2(size) - 3)
 
 
-def intl_loss(views: Sequence[Tensor], whitening: Callable[[Tensor], Tensor], beta: float | None = None) -> Tensor:
+def intl_loss(
+    views: Sequence[Tensor], whitening: Callable[[Tensor], Tensor], beta: float | None = None
+) -> Tensor:
     """The INTL objective over augmented views of one batch.
 
     Every view is whitened, then `sum_{i>=1} [norm_mse(t_i, t_0) + beta (TL(t_i) + TL(t_0))] /

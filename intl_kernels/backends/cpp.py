@@ -33,6 +33,6 @@ def unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return _load_error()
 
 
-def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
-    """Row means and the centred Gram matrix in the smaller space, as `torch_ops.gram`."""
+def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Centred input, row means and centred Gram matrix in the smaller space, as `torch_ops.gram`."""
     return torch.ops.intl_kernels.gram(a, ddof)

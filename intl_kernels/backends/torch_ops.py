@@ -24,15 +24,6 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def symmetric_part(m: Tensor) -> Tensor:
-    """(m + m^T) / 2 over the last two dimensions."""
-    return 0.5 * (m + m.mT)
-
-
-def _centred(a: Tensor, mean: Tensor) -> Tensor:
-    return a.to(mean.dtype) - mean
-
-
 def _product_in_layout_of(a: Tensor, left: Tensor, right: Tensor) -> Tensor:
     """`left @ right`, laid out in memory like `a` (so a transposed view gets a transposed result)."""
     if a.stride(-1) == 1:
@@ -40,13 +31,19 @@ def _product_in_layout_of(a: Tensor, left: Tensor, right: Tensor) -> Tensor:
     return (right.mT @ left.mT).mT
 
 
-def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
-    """Row means of `a` (g, p, 1) and the centred Gram matrix in the smaller space over (q - ddof)."""
-    mean = a.to(compute_dtype(a.dtype)).mean(-1, keepdim=True)
-    ac = _centred(a, mean)
+def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The stage's `source` (here the centred input), row means (g, p, 1), and the centred Gram
+    matrix in the smaller space divided by (q - ddof).
+
+    `source` is what the later stages of this backend read instead of the input: this backend
+    centres once and keeps the centred copy, so no stage centres again.
+    """
+    af = a.to(compute_dtype(a.dtype))
+    mean = af.mean(-1, keepdim=True)
+    ac = af - mean
     p, q = a.shape[-2:]
     k = ac @ ac.mT if p <= q else ac.mT @ ac
-    return mean, k.div_(q - ddof)
+    return ac, mean, k.div_(q - ddof)
 
 
 def newton(sn: Tensor, iterations: int, keep_iterates: bool) -> tuple[Tensor, NewtonIterates]:
@@ -76,40 +73,42 @@ def newton_backward(sn: Tensor, iterates: NewtonIterates, grad_p: Tensor, iterat
     g = grad_p
     grad_sn = torch.zeros_like(sn)
     for p, cube in reversed(iterates):
-        grad_sn = torch.baddbmm(grad_sn, cube, g, alpha=-0.5)
-        h = symmetric_part(g @ sn)
-        z = p @ h
-        y = p @ z
-        g = 1.5 * g - 0.5 * (y + y.mT + z @ p)
+        grad_sn.baddbmm_(cube, g, alpha=-0.5)
+        h = g @ sn
+        h2 = h + h.mT  # 2 H
+        z = p @ h2  # 2 P H
+        y = p @ z  # 2 P^2 H
+        # In place where the operands allow: at n ~ 256 allocations cost as much as the products.
+        g = torch.baddbmm(y, z, p).add_(y.mT).mul_(-0.25).add_(g, alpha=1.5)
     # P_1 = 1.5 I - 0.5 Sn
-    return symmetric_part(grad_sn) - 0.5 * g
+    return (grad_sn + grad_sn.mT).mul_(0.5).sub_(g, alpha=0.5)
 
 
-def whiten(a: Tensor, mean: Tensor, w: Tensor) -> Tensor:
-    """`w @ ac` (or `ac @ w` when the smaller space is the samples'), in the input's dtype."""
-    ac = _centred(a, mean)
-    p, q = a.shape[-2:]
-    out = _product_in_layout_of(a, w, ac) if p <= q else _product_in_layout_of(a, ac, w)
-    return out.to(a.dtype)
+def whiten(source: Tensor, mean: Tensor, w: Tensor) -> Tensor:
+    """`w @ ac` (or `ac @ w` when the smaller space is the samples'), in the compute dtype."""
+    p, q = source.shape[-2:]
+    return _product_in_layout_of(source, w, source) if p <= q else _product_in_layout_of(source, source, w)
 
 
-def whiten_backward(a: Tensor, mean: Tensor, w: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
+def whiten_backward(source: Tensor, mean: Tensor, w: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of `whiten` with respect to the centred input and to `w`."""
-    ac = _centred(a, mean)
-    g = grad_out.to(mean.dtype)
-    p, q = a.shape[-2:]
+    g = grad_out.to(source.dtype)
+    p, q = source.shape[-2:]
+    # The input gradient keeps the input's layout, so autograd need not copy it into x.grad.
     if p <= q:
-        return w.mT @ g, g @ ac.mT
-    return g @ w.mT, ac.mT @ g
+        return _product_in_layout_of(source, w.mT, g), g @ source.mT
+    return _product_in_layout_of(source, g, w.mT), source.mT @ g
 
 
-def gram_backward(a: Tensor, mean: Tensor, grad_k: Tensor, grad_ac: Tensor, ddof: int) -> Tensor:
-    """Input gradient: adds the (symmetric) Gram gradient to `grad_ac`, then undoes the centring."""
-    ac = _centred(a, mean)
-    p, q = a.shape[-2:]
+def gram_backward(source: Tensor, mean: Tensor, grad_k: Tensor, grad_ac: Tensor, ddof: int) -> Tensor:
+    """Input gradient: adds the (symmetric) Gram gradient to `grad_ac`, then undoes the centring.
+
+    Works in place on `grad_ac`, which the caller hands over.
+    """
+    p, q = source.shape[-2:]
     scale = 2.0 / (q - ddof)
     if p <= q:
-        grad_ac = torch.baddbmm(grad_ac, grad_k, ac, alpha=scale)
+        grad_ac.baddbmm_(grad_k, source, alpha=scale)
     else:
-        grad_ac = torch.baddbmm(grad_ac, ac, grad_k, alpha=scale)
-    return (grad_ac - grad_ac.mean(-1, keepdim=True)).to(a.dtype)
+        grad_ac.baddbmm_(source, grad_k, alpha=scale)
+    return grad_ac.sub_(grad_ac.mean(-1, keepdim=True))

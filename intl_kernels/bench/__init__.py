@@ -1,0 +1,1 @@
+"""The measuring code behind the `intl-bench` console script."""

@@ -1,0 +1,71 @@
+"""Backend names, "auto", the INTL_BACKEND override, and life without the compiled extension."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from intl_kernels import BACKEND_NAMES, available_backends, iternorm, iternorm_reference
+from intl_kernels.backends import cpp
+from intl_kernels.dispatch import resolve_backend
+
+
+def test_available_backends_on_cpu():
+    names = available_backends("cpu")
+    assert {"reference", "torch"} <= set(names) <= set(BACKEND_NAMES)
+    assert "cuda" not in names and "triton" not in names
+
+
+def test_auto_picks_torch_on_cpu(monkeypatch):
+    monkeypatch.delenv("INTL_BACKEND", raising=False)
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32).name == "torch"
+
+
+def test_environment_overrides_auto(monkeypatch):
+    x = torch.randn(6, 9, dtype=torch.float64)
+    monkeypatch.setenv("INTL_BACKEND", "reference")
+    assert resolve_backend("auto", x.device, x.dtype) is None
+    assert torch.equal(iternorm(x), iternorm_reference(x))
+    monkeypatch.setenv("INTL_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+        iternorm(x)
+
+
+def test_named_backend_that_cannot_run_says_why(monkeypatch):
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run on cpu"):
+        iternorm(torch.randn(4, 6), backend="cuda")
+    monkeypatch.setattr(cpp, "_load_error", lambda: "the compiled extension is missing (test)")
+    with pytest.raises(RuntimeError, match="backend 'cpp' cannot run.*extension is missing"):
+        iternorm(torch.randn(4, 6), backend="cpp")
+    assert "cpp" not in available_backends("cpu")
+
+
+def test_works_without_the_extension_with_one_warning():
+    # A fresh interpreter in which importing intl_kernels._C fails.
+    script = textwrap.dedent(
+        """
+        import sys, warnings
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "intl_kernels._C":
+                    raise ImportError("blocked by the test")
+        sys.meta_path.insert(0, Block())
+        import torch, intl_kernels
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            names = intl_kernels.available_backends()
+            intl_kernels.available_backends()
+            out = intl_kernels.iternorm(torch.randn(5, 7))
+        messages = [str(w.message) for w in caught]
+        assert names == ["reference", "torch"], names
+        assert len(messages) == 1 and "intl_kernels._C is not available" in messages[0], messages
+        assert out.shape == (5, 7) and torch.isfinite(out).all()
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -1,0 +1,131 @@
+"""Every staged backend against the float64 reference: forward, gradient, gradcheck, precisions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intl_kernels import iternorm, iternorm_reference
+from intl_kernels.function import whiten_groups
+from intl_kernels.reference import whiten_groups_reference
+from tests.conftest import STAGED_BACKENDS, assert_close
+
+# N < D, N > D, N = D, odd sizes, N or D = 2.
+SHAPES = [(8, 13), (13, 8), (9, 9), (2, 7), (7, 2), (2, 2), (33, 17)]
+
+
+def _forward_and_grad(fn, x, grad):
+    x = x.detach().requires_grad_(True)
+    out = fn(x)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    return out, grad_x
+
+
+def _rtol(iterations: int) -> float:
+    # Singular covariances (centring removes a dimension) make null-space iterates grow as 1.5^T,
+    # so the reference itself loses digits to cancellation at large T.
+    return 1e-9 if iterations <= 5 else 1e-6
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("iterations", [0, 1, 4, 5, 8])
+@pytest.mark.parametrize("eps", [0.0, 0.05])
+def test_matches_reference_float64(backend, axis, shape, iterations, eps):
+    x = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, dtype=torch.float64)
+    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, iterations, eps), x, grad)
+    out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, iterations, eps, backend=backend), x, grad)
+    assert_close(out, ref_out, _rtol(iterations))
+    assert_close(grad_x, ref_grad, _rtol(iterations))
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(16, 40), (40, 16)])
+def test_recompute_gives_the_same_gradient(backend, axis, shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, dtype=torch.float64)
+    out, kept = _forward_and_grad(lambda t: iternorm(t, axis, 5, backend=backend), x, grad)
+    out_r, recomputed = _forward_and_grad(
+        lambda t: iternorm(t, axis, 5, backend=backend, recompute=True), x, grad
+    )
+    torch.testing.assert_close(out_r, out, rtol=0, atol=0)
+    torch.testing.assert_close(recomputed, kept, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("shape", [(3, 6, 20), (2, 9, 5), (4, 1, 3)])
+def test_groups_match_reference(backend, ddof, shape):
+    a = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, dtype=torch.float64)
+    ref_out, ref_grad = _forward_and_grad(lambda t: whiten_groups_reference(t, 5, 1e-3, ddof), a, grad)
+    out, grad_a = _forward_and_grad(lambda t: whiten_groups(t, 5, 1e-3, ddof, backend)[0], a, grad)
+    assert_close(out, ref_out, 1e-9)
+    assert_close(grad_a, ref_grad, 1e-9)
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(5, 8), (8, 5)])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_gradcheck(backend, axis, shape, eps):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: iternorm(t, axis, 4, eps, backend=backend), (x,))
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+def test_gradcheck_groups_ddof0(backend):
+    a = torch.randn(2, 4, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: whiten_groups(t, 3, 1e-2, 0, backend)[0], (a,))
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
+def test_float32_within_1e5_of_float64(backend, axis, shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, dtype=torch.float64)
+    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x, grad)
+    out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x.float(), grad.float())
+    assert out.dtype == torch.float32 and grad_x.dtype == torch.float32
+    assert_close(out, ref_out, 1e-5)
+    assert_close(grad_x, ref_grad, 1e-5)
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_half_inputs_under_autocast(backend, dtype, axis):
+    # Embeddings of a realistic scale: fp16 holds them, but squares and the cubed iterates would
+    # lose range and precision if the Newton steps ran in half precision.
+    x = (torch.randn(48, 160) * 30).to(dtype)
+    grad = torch.randn(48, 160).to(dtype)
+    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x.double(), grad.double())
+    with torch.autocast("cpu", dtype=dtype):
+        out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x, grad)
+    assert out.dtype == dtype and grad_x.dtype == dtype
+    assert_close(out, ref_out, 1e-2)
+    assert_close(grad_x, ref_grad, 1e-2)
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+def test_transposed_input_views(backend):
+    # Strided inputs (a transposed view) give the same result as their contiguous copy.
+    x = torch.randn(40, 12, dtype=torch.float64).T
+    for axis in (0, 1):
+        assert_close(
+            iternorm(x, axis, backend=backend), iternorm(x.contiguous(), axis, backend=backend), 1e-14
+        )
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+def test_eps_whitens_a_constant_batch_to_zero(backend):
+    # Documented behaviour: with eps > 0 a constant batch has trace eps * p and whitens to zeros.
+    x = torch.full((6, 10), 3.0, dtype=torch.float64, requires_grad=True)
+    out = iternorm(x, 0, 4, eps=1e-3, backend=backend)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -1,0 +1,70 @@
+"""Bad input gets a clear ValueError/TypeError that names the problem, before any math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intl_kernels import FusedIterNorm, iternorm
+from intl_kernels.function import whiten_groups
+from tests.conftest import STAGED_BACKENDS
+
+ALL_BACKENDS = ["reference", *STAGED_BACKENDS]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize(
+    ("x", "kwargs", "error", "match"),
+    [
+        (torch.randn(4, 5, 6), {}, ValueError, r"2-D .* got shape \(4, 5, 6\)"),
+        (torch.randn(5), {}, ValueError, "2-D"),
+        (torch.ones(4, 5, dtype=torch.int64), {}, TypeError, "floating-point dtype, got torch.int64"),
+        (torch.ones(4, 5, dtype=torch.complex64), {}, TypeError, "floating-point dtype, got torch.complex64"),
+        ([[1.0, 2.0], [3.0, 4.0]], {}, TypeError, "must be a torch.Tensor, got list"),
+        (torch.randn(4, 5), {"axis": 2}, ValueError, "axis must be 0 or 1, got 2"),
+        (torch.randn(4, 5), {"iterations": -1}, ValueError, "iterations must be >= 0, got -1"),
+        (torch.randn(4, 5), {"iterations": 2.0}, TypeError, "iterations must be an int"),
+        (torch.randn(4, 5), {"eps": -1e-3}, ValueError, "eps must be a finite number >= 0"),
+        (torch.randn(4, 5), {"eps": float("nan")}, ValueError, "eps must be a finite number >= 0"),
+        (torch.randn(4, 1), {"axis": 0}, ValueError, "at least 2 features"),
+        (torch.randn(1, 4), {"axis": 1}, ValueError, r"at least 2 samples \(N\)"),
+        (torch.randn(0, 4), {"axis": 0}, ValueError, "nothing to whiten"),
+    ],
+)
+def test_bad_inputs(backend, x, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        iternorm(x, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_zero_trace_raises_instead_of_nan(backend, axis):
+    x = torch.full((6, 8), 2.5)
+    with pytest.raises(ValueError, match="trace 0 .* pass eps > 0"):
+        iternorm(x, axis, backend=backend)
+
+
+def test_groups_must_be_3d():
+    with pytest.raises(ValueError, match=r"3-D \(groups, dims, samples\)"):
+        whiten_groups(torch.randn(4, 5), 4, 0.0, 1)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        iternorm(torch.randn(4, 5), backend="fast")
+
+
+def test_inputs_on_different_devices():
+    from intl_kernels import norm_mse_loss
+
+    with pytest.raises(ValueError, match="one device.*a on cpu, b on meta"):
+        norm_mse_loss(torch.randn(4, 5), torch.randn(4, 5, device="meta"))
+    from intl_kernels import IterNorm
+
+    with pytest.raises(ValueError, match="one device"):
+        IterNorm(4, dim=2)(torch.randn(3, 4, device="meta"))
+
+
+def test_module_rejects_bad_input_too():
+    with pytest.raises(ValueError, match="2-D"):
+        FusedIterNorm()(torch.randn(2, 3, 4))
