@@ -7,7 +7,9 @@ Example (the README's CPU figures):
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -111,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     if args.json:
         meta = {
+            "command": " ".join(["intl-bench", *(sys.argv[1:] if argv is None else argv)]),
+            "date": datetime.date.today().isoformat(),
+            "cpu": platform.processor() or platform.machine(),
             "device": str(device),
             "dtype": args.dtype,
             "T": args.T,

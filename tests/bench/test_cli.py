@@ -15,7 +15,7 @@ def test_cli_runs_and_writes_json(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "reference" in table and "torch" in table
     data = json.loads(path.read_text())
-    assert set(data["meta"]) == {"device", "dtype", "T", "torch", "threads"}
+    assert set(data["meta"]) == {"command", "date", "cpu", "device", "dtype", "T", "torch", "threads"}
     assert len(data["rows"]) == 2 * 2 * len({row["backend"] for row in data["rows"]})
     for row in data["rows"]:
         assert set(row) == {
