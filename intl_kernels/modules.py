@@ -15,8 +15,10 @@ class FusedIterNorm(nn.Module):
     """Drop-in for the official INTL `Whitening2dIterNorm(axis, iterations)`.
 
     Whitens an (N, D) batch of embeddings (see `iternorm`). In a distributed run with
-    `gather="auto"` (or True) the batch is all-gathered from every rank and whitened as one global
-    batch; the module returns this rank's rows, with exact gradients across ranks.
+    `gather="auto"` (or True) the batch is all-gathered from every rank and the module returns the
+    whitened *global* batch, as the official module does: every rank then computes the same global
+    loss, and the gather's backward (sum over ranks, then this rank's rows) combined with DDP's
+    gradient averaging gives exactly the single-process gradient.
     """
 
     def __init__(
@@ -41,11 +43,7 @@ class FusedIterNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if should_gather(self.gather):
-            x, rows = gather_batch(x)
-            return self._whiten(x)[rows]
-        return self._whiten(x)
-
-    def _whiten(self, x: Tensor) -> Tensor:
+            x = gather_batch(x)[0]
         return iternorm(x, self.axis, self.iterations, self.eps, self.backend, self.recompute)
 
     def extra_repr(self) -> str:
