@@ -3,7 +3,7 @@
 Public API:
     FusedIterNorm, iternorm       the INTL whitening (module and function)
     IterNorm                      the IterNorm normalisation layer (Huang et al., 2019)
-    trace_loss, norm_mse_loss, intl_trade_off, intl_loss
+    trace_loss, norm_mse_loss, intl_trade_off, intl_loss, intl_loss_terms
     iternorm_reference            the eager official math, the ground truth
     available_backends            backends usable for a device and dtype
 """
@@ -11,7 +11,7 @@ Public API:
 from intl_kernels.dispatch import BACKEND_NAMES, available_backends
 from intl_kernels.distributed import gather_batch
 from intl_kernels.function import iternorm
-from intl_kernels.losses import intl_loss, intl_trade_off, norm_mse_loss, trace_loss
+from intl_kernels.losses import intl_loss, intl_loss_terms, intl_trade_off, norm_mse_loss, trace_loss
 from intl_kernels.modules import FusedIterNorm, IterNorm
 from intl_kernels.reference import iternorm_reference
 
@@ -24,6 +24,7 @@ __all__ = [
     "available_backends",
     "gather_batch",
     "intl_loss",
+    "intl_loss_terms",
     "intl_trade_off",
     "iternorm",
     "iternorm_reference",

@@ -78,6 +78,12 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
     return [name for name in BACKEND_NAMES if _unusable_reason(name, device, dtype) is None]
 
 
+def check_backend_name(name: str) -> None:
+    """ValueError unless `name` is "auto" or one of BACKEND_NAMES."""
+    if name != "auto" and name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}: choose 'auto' or one of {', '.join(BACKEND_NAMES)}")
+
+
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend | None:
     """The backend to run for `name` ("auto" or one of BACKEND_NAMES); None means the reference.
 
@@ -90,8 +96,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Back
         if name == "auto":
             order = _AUTO_ORDER.get(device.type, _AUTO_FALLBACK)
             name = next(n for n in order if _unusable_reason(n, device, dtype) is None)
-    if name not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {name!r}: choose 'auto' or one of {', '.join(BACKEND_NAMES)}")
+    check_backend_name(name)
     reason = _unusable_reason(name, device, dtype)
     if reason is not None:
         raise RuntimeError(f"backend {name!r} cannot run on {device} {dtype}: {reason}")

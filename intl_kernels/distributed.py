@@ -34,10 +34,25 @@ def should_gather(gather: bool | str) -> bool:
 
 
 def _batch_sizes(x: Tensor) -> list[int]:
-    size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.int64)
-    sizes = [torch.empty_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    return [int(s) for s in torch.cat(sizes).tolist()]
+    """Every rank's batch size; a clear error when the ranks disagree on anything else."""
+    signature = [x.dim(), *x.shape[1:], _DTYPES.index(x.dtype) if x.dtype in _DTYPES else -1]
+    mine = torch.tensor([x.shape[0], len(signature), *signature], device=x.device, dtype=torch.int64)
+    width = torch.tensor([mine.numel()], device=x.device, dtype=torch.int64)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    padded = torch.full((int(width),), -2, device=x.device, dtype=torch.int64)
+    padded[: mine.numel()] = mine
+    rows = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, padded)
+    table = torch.stack(rows).tolist()
+    if any(row[1:] != table[0][1:] for row in table):
+        shapes = ", ".join(f"rank {r}: {row[1:]}" for r, row in enumerate(table))
+        raise ValueError(
+            f"ranks must gather batches of one feature shape and dtype, got [ndim, *shape[1:], dtype] {shapes}"
+        )
+    return [row[0] for row in table]
+
+
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 class _GatherBatch(torch.autograd.Function):
@@ -53,7 +68,7 @@ class _GatherBatch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd may share the buffer
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rows], None, None
 

@@ -9,6 +9,7 @@ of groups `a` of shape (g, p, q): p whitened dimensions, each centred over its q
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -37,13 +38,14 @@ def check_same_device(tensors: dict[str, Tensor]) -> None:
         raise ValueError(f"inputs must be on one device, got {listed}")
 
 
-def _check_settings(iterations: Any, eps: Any) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int):
+def check_settings(iterations: Any, eps: Any) -> None:
+    """TypeError/ValueError unless iterations is an int >= 0 and eps a finite real >= 0."""
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite real number >= 0, got {eps!r}")
 
 
 def _check_groups(a: Tensor, samples: str = "samples") -> None:
@@ -55,25 +57,39 @@ def _check_groups(a: Tensor, samples: str = "samples") -> None:
         )
 
 
-def _check_trace(trace: Tensor, eps: float) -> None:
-    # With eps > 0 the trace is at least eps * p > 0; only eps == 0 needs the (syncing) check.
-    if eps == 0 and bool((trace <= 0).any()):
+def _check_trace(spread: Tensor, mean: Tensor, dtype: torch.dtype, eps: float) -> None:
+    """ValueError when eps == 0 and a group's covariance trace `spread` (g,) is zero, or so small
+    that it is rounding noise: below 4 units of `dtype`'s resolution at the group's mean, per
+    dimension. With eps > 0 the trace is at least eps * p, and no (syncing) check is needed."""
+    if eps:
+        return
+    resolution = torch.finfo(dtype).eps * mean.abs().amax((-2, -1))
+    noise_floor = mean.shape[-2] * (4 * resolution).square()
+    if bool((spread.reshape(-1) <= noise_floor).any()):
         raise ValueError(
-            "the covariance has trace 0 (the input is constant along the centred axis), so the "
-            "whitening is undefined; pass eps > 0 to whiten such batches to zero"
+            "the covariance has trace 0 (the input is constant along the centred axis, up to "
+            "rounding), so the whitening is undefined; pass eps > 0 to whiten such batches"
         )
 
 
 def _newton_whitening(
-    k: Tensor, p: int, iterations: int, eps: float, backend: Backend, keep_iterates: bool
+    k: Tensor,
+    mean: Tensor,
+    dtype: torch.dtype,
+    iterations: int,
+    eps: float,
+    backend: Backend,
+    keep_iterates: bool,
 ) -> tuple[Tensor, Tensor, Tensor, list]:
-    """From a Gram matrix `k` (overwritten) of p whitened dimensions: Sn, the trace, W and iterates.
+    """From a Gram matrix `k` (overwritten) of groups with row means `mean` (g, p, 1) of an input of
+    `dtype`: Sn, the trace, W and the iterates to save.
 
     `tr = trace(k) + eps * p` is the trace of `k + eps I` in the original p-dimensional space, also
     when `k` lives in the smaller sample space (push-through identity).
     """
-    trace = k.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] + eps * p
-    _check_trace(trace, eps)
+    spread = k.diagonal(dim1=-2, dim2=-1).sum(-1)
+    _check_trace(spread, mean, dtype, eps)
+    trace = spread[:, None, None] + eps * mean.shape[-2]
     sn = k.div_(trace)
     if eps:
         sn.diagonal(dim1=-2, dim2=-1).add_(eps / trace[:, :, 0])
@@ -95,7 +111,7 @@ class IterNormFunction(torch.autograd.Function):
         with torch.autocast(a.device.type, enabled=False):
             source, mean, k = backend.gram(a, ddof)
             sn, trace, w, iterates = _newton_whitening(
-                k, a.shape[-2], iterations, eps, backend, keep_iterates=not recompute
+                k, mean, a.dtype, iterations, eps, backend, keep_iterates=not recompute
             )
             out = backend.whiten(source, mean, w).to(a.dtype)
         ctx.mark_non_differentiable(mean, w)
@@ -139,12 +155,13 @@ def whiten_groups(
     check_float_tensor(a, "input")
     if a.dim() != 3:
         raise ValueError(f"groups must be 3-D (groups, dims, samples), got shape {tuple(a.shape)}")
-    _check_settings(iterations, eps)
+    check_settings(iterations, eps)
     _check_groups(a)
+    iterations, eps = int(iterations), float(eps)
     chosen = resolve_backend(backend, a.device, a.dtype)
     if chosen is None:
         mean = a.detach().mean(-1, keepdim=True)
-        _check_trace((a.detach() - mean).square().sum((-2, -1)), eps)
+        _check_trace((a.detach() - mean).square().sum((-2, -1)) / (a.shape[-1] - ddof), mean, a.dtype, eps)
         return whiten_groups_reference(a, iterations, eps, ddof), mean, None
     return IterNormFunction.apply(a, iterations, eps, ddof, chosen, recompute)
 
@@ -176,8 +193,11 @@ def iternorm(
         raise ValueError(f"x must be 2-D (N samples, D features), got shape {tuple(x.shape)}")
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+    if min(x.shape) < 2:
+        raise ValueError(
+            f"INTL whitening needs at least 2 samples and 2 features, got shape {tuple(x.shape)}"
+        )
     a = x.unsqueeze(0) if axis == 0 else x.mT.unsqueeze(0)
-    _check_groups(a, "features (axis=0 centres each sample over D)" if axis == 0 else "samples (N)")
     out = whiten_groups(a, iterations, eps, 1, backend, recompute)[0].squeeze(0)
     return out if axis == 0 else out.mT
 
@@ -190,7 +210,8 @@ def whitening_matrix(a: Tensor, iterations: int, eps: float, ddof: int) -> Tenso
     when p > q (the IterNorm layer's running statistics).
     """
     ac = a.to(torch_ops.compute_dtype(a.dtype))
-    ac = ac - ac.mean(-1, keepdim=True)
+    mean = ac.mean(-1, keepdim=True)
+    ac = ac - mean
     k = (ac @ ac.mT).div_(a.shape[-1] - ddof)
     torch_backend = resolve_backend("torch", a.device, a.dtype)
-    return _newton_whitening(k, a.shape[-2], iterations, eps, torch_backend, keep_iterates=False)[2]
+    return _newton_whitening(k, mean, a.dtype, iterations, eps, torch_backend, keep_iterates=False)[2]

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from intl_kernels.function import check_float_tensor, check_same_device
 
-__all__ = ["intl_loss", "intl_trade_off", "norm_mse_loss", "trace_loss"]
+__all__ = ["intl_loss", "intl_loss_terms", "intl_trade_off", "norm_mse_loss", "trace_loss"]
 
 
 def _check_axis(axis: int) -> None:
@@ -56,6 +56,24 @@ def intl_trade_off(axis: int, batch_size: int, emb_dim: int) -> float:
     return 0.01 * (math.log2(size) - 3)
 
 
+def intl_loss_terms(whitened: Sequence[Tensor], axis: int = 0) -> tuple[Tensor, Tensor]:
+    """The two INTL terms over whitened views t_0, t_1, ...: (alignment, trace).
+
+    alignment = mean over i >= 1 of norm_mse(t_i, t_0); trace = mean over i >= 1 of TL(t_i) + TL(t_0).
+    The INTL loss is `alignment + beta * trace`.
+    """
+    if len(whitened) < 2:
+        raise ValueError(f"INTL needs at least 2 views, got {len(whitened)}")
+    for i, view in enumerate(whitened):
+        check_float_tensor(view, f"views[{i}]")
+    check_same_device({f"views[{i}]": v for i, v in enumerate(whitened)})
+    traces = [trace_loss(t, axis) for t in whitened]
+    pairs = range(1, len(whitened))
+    alignment = sum(norm_mse_loss(whitened[i], whitened[0]) for i in pairs) / len(pairs)
+    trace = sum(traces[i] + traces[0] for i in pairs) / len(pairs)
+    return alignment, trace
+
+
 def intl_loss(
     views: Sequence[Tensor], whitening: Callable[[Tensor], Tensor], beta: float | None = None
 ) -> Tensor:
@@ -66,16 +84,9 @@ def intl_loss(
     none). With beta=None it is `intl_trade_off(axis, N, D)` of the first view's (N, D) shape.
     """
     if len(views) < 2:
-        raise ValueError(f"intl_loss needs at least 2 views, got {len(views)}")
-    for i, view in enumerate(views):
-        check_float_tensor(view, f"views[{i}]")
-    check_same_device({f"views[{i}]": v for i, v in enumerate(views)})
+        raise ValueError(f"INTL needs at least 2 views, got {len(views)}")
     axis = getattr(whitening, "axis", 0)
     if beta is None:
         beta = intl_trade_off(axis, views[0].shape[0], views[0].shape[-1])
-    whitened = [whitening(v) for v in views]
-    traces = [trace_loss(t, axis) for t in whitened]
-    total = sum(
-        norm_mse_loss(whitened[i], whitened[0]) + beta * (traces[i] + traces[0]) for i in range(1, len(views))
-    )
-    return total / (len(views) - 1)
+    alignment, trace = intl_loss_terms([whitening(v) for v in views], axis)
+    return alignment + beta * trace

@@ -6,7 +6,15 @@ import torch
 from torch import Tensor, nn
 
 from intl_kernels.distributed import check_gather_argument, gather_batch, should_gather
-from intl_kernels.function import check_same_device, iternorm, whiten_groups, whitening_matrix
+from intl_kernels.dispatch import check_backend_name
+from intl_kernels.function import (
+    check_float_tensor,
+    check_same_device,
+    check_settings,
+    iternorm,
+    whiten_groups,
+    whitening_matrix,
+)
 
 __all__ = ["FusedIterNorm", "IterNorm"]
 
@@ -33,6 +41,8 @@ class FusedIterNorm(nn.Module):
         super().__init__()
         if axis not in (0, 1):
             raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+        check_settings(iterations, eps)
+        check_backend_name(backend)
         check_gather_argument(gather)
         self.axis = axis
         self.iterations = iterations
@@ -85,6 +95,12 @@ class IterNorm(nn.Module):
         super().__init__()
         if dim not in (2, 4):
             raise ValueError(f"dim must be 2 for (N, C) or 4 for (N, C, H, W) inputs, got {dim}")
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        check_settings(T, eps)
+        check_backend_name(backend)
         self.num_groups, self.num_channels = _group_layout(num_features, num_groups, num_channels)
         self.num_features = num_features
         self.T = T
@@ -106,6 +122,7 @@ class IterNorm(nn.Module):
         self.register_buffer("running_wm", torch.eye(d).repeat(g, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        check_float_tensor(x, "input")
         if x.dim() != self.dim or x.shape[1] != self.num_features:
             raise ValueError(
                 f"expected a {self.dim}-D input with {self.num_features} channels in dim 1, "

@@ -129,3 +129,23 @@ def test_eps_whitens_a_constant_batch_to_zero(backend):
     assert torch.equal(out, torch.zeros_like(out))
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_output_is_modifiable_in_place_and_inputs_stay_untouched(backend, axis, transposed):
+    x = torch.randn(20, 12, dtype=torch.float64).T if transposed else torch.randn(12, 20, dtype=torch.float64)
+    grad = torch.randn(12, 20, dtype=torch.float64)
+    x_before, grad_before = x.clone(), grad.clone()
+    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis).relu(), x, grad)
+
+    leaf = x.detach().requires_grad_(True)
+    out = iternorm(leaf, axis, backend=backend).relu_()
+    out.backward(grad, retain_graph=True)
+    first = leaf.grad.clone()
+    out.backward(grad)  # a second backward through the same graph accumulates the same gradient
+    assert_close(out, ref_out, 1e-9)
+    assert_close(first, ref_grad, 1e-9)
+    assert_close(leaf.grad, 2 * ref_grad, 1e-9)
+    assert torch.equal(x, x_before) and torch.equal(grad, grad_before)

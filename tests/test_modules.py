@@ -132,6 +132,19 @@ def test_iternorm_layer_state_dict_round_trip_and_common_layout():
     assert torch.equal(clone(x), layer(x))
 
 
+def test_modules_check_their_settings_when_built():
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        FusedIterNorm(iterations=-1)
+    with pytest.raises(ValueError, match="unknown backend 'fastest'"):
+        FusedIterNorm(backend="fastest")
+    with pytest.raises(ValueError, match="eps must be"):
+        IterNorm(8, eps=-1.0)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        IterNorm(8, momentum=1.5)
+    with pytest.raises(ValueError, match="num_features must be positive"):
+        IterNorm(0)
+
+
 def test_iternorm_layer_rejects_bad_configuration():
     with pytest.raises(ValueError, match="num_groups=3 does not divide num_features=16"):
         IterNorm(16, num_groups=3)

@@ -24,11 +24,18 @@ ALL_BACKENDS = ["reference", *STAGED_BACKENDS]
         (torch.randn(4, 5), {"axis": 2}, ValueError, "axis must be 0 or 1, got 2"),
         (torch.randn(4, 5), {"iterations": -1}, ValueError, "iterations must be >= 0, got -1"),
         (torch.randn(4, 5), {"iterations": 2.0}, TypeError, "iterations must be an int"),
-        (torch.randn(4, 5), {"eps": -1e-3}, ValueError, "eps must be a finite number >= 0"),
-        (torch.randn(4, 5), {"eps": float("nan")}, ValueError, "eps must be a finite number >= 0"),
-        (torch.randn(4, 1), {"axis": 0}, ValueError, "at least 2 features"),
-        (torch.randn(1, 4), {"axis": 1}, ValueError, r"at least 2 samples \(N\)"),
-        (torch.randn(0, 4), {"axis": 0}, ValueError, "nothing to whiten"),
+        (torch.randn(4, 5), {"eps": -1e-3}, ValueError, "eps must be a finite real number >= 0"),
+        (torch.randn(4, 5), {"eps": float("nan")}, ValueError, "eps must be a finite real number >= 0"),
+        (
+            torch.randn(4, 1),
+            {"axis": 0},
+            ValueError,
+            r"at least 2 samples and 2 features, got shape \(4, 1\)",
+        ),
+        (torch.randn(4, 1), {"axis": 1}, ValueError, "at least 2 samples and 2 features"),
+        (torch.randn(1, 4), {"axis": 1}, ValueError, "at least 2 samples and 2 features"),
+        (torch.randn(1, 4), {"axis": 0}, ValueError, "at least 2 samples and 2 features"),
+        (torch.randn(0, 4), {"axis": 0}, ValueError, "at least 2 samples"),
     ],
 )
 def test_bad_inputs(backend, x, kwargs, error, match):
@@ -38,10 +45,36 @@ def test_bad_inputs(backend, x, kwargs, error, match):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("axis", [0, 1])
-def test_zero_trace_raises_instead_of_nan(backend, axis):
-    x = torch.full((6, 8), 2.5)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [2.5, 0.1, 1 / 3, -7e4])
+def test_zero_trace_raises_instead_of_nan(backend, axis, dtype, value):
+    # Constants that are not exactly representable leave rounding residuals after centring: the
+    # trace is then tiny but not zero, and must be caught as well.
+    x = torch.full((6, 8), value, dtype=dtype)
     with pytest.raises(ValueError, match="trace 0 .* pass eps > 0"):
         iternorm(x, axis, backend=backend)
+
+
+def test_groups_with_a_tiny_but_real_spread_are_accepted():
+    x = 1000 + 1e-2 * torch.randn(6, 8)
+    assert torch.isfinite(iternorm(x)).all()
+
+
+def test_integer_input_to_the_layer_in_eval_mode():
+    from intl_kernels import IterNorm
+
+    layer = IterNorm(4, dim=2).eval()
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        layer(torch.randint(-5, 5, (6, 4)))
+
+
+def test_numpy_scalars_are_accepted_as_settings():
+    import numpy as np
+
+    x = torch.randn(6, 8, dtype=torch.float64)
+    expected = iternorm(x, iterations=3, eps=0.1)
+    assert torch.equal(iternorm(x, iterations=np.int64(3), eps=np.float64(0.1)), expected)
+    assert torch.isfinite(iternorm(x, iterations=3, eps=np.float32(0.1))).all()
 
 
 def test_groups_must_be_3d():

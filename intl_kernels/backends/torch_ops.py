@@ -25,10 +25,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _product_in_layout_of(a: Tensor, left: Tensor, right: Tensor) -> Tensor:
-    """`left @ right`, laid out in memory like `a` (so a transposed view gets a transposed result)."""
+    """`left @ right` (same shape as `a`), laid out in memory like `a`: a transposed view gets a
+    transposed result. The result owns its storage (it is not a view), so callers may modify it."""
     if a.stride(-1) == 1:
         return left @ right
-    return (right.mT @ left.mT).mT
+    out = torch.empty_like(a, dtype=left.dtype)
+    torch.bmm(right.mT, left.mT, out=out.mT)
+    return out
 
 
 def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor, Tensor]:
