@@ -1,0 +1,42 @@
+"""Export a pretrained backbone: `python -m train.export OUT/last.pt backbone.pth`.
+
+The result is a torchvision ResNet state dict without the classifier (`fc`): load it with
+`model = torchvision.models.resnet50(); model.fc = torch.nn.Identity(); model.load_state_dict(sd)`
+(CIFAR-stem backbones also need their 3x3 `conv1` and `maxpool = Identity`, as in train/models.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+PREFIX = "method.backbone."
+
+
+def backbone_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The online backbone's weights from a training checkpoint, under torchvision's names."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = state.get("model") if isinstance(state, dict) else None
+    if not model:
+        raise ValueError(f"{checkpoint} is not an intl-kernels training checkpoint")
+    weights = {k[len(PREFIX) :].replace("_orig_mod.", ""): v for k, v in model.items() if k.startswith(PREFIX)}
+    if not weights:
+        raise ValueError(f"{checkpoint} holds no backbone weights (keys starting with {PREFIX!r})")
+    return weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m train.export CHECKPOINT OUTPUT.pth", file=sys.stderr)
+        return 2
+    weights = backbone_state_dict(Path(args[0]))
+    torch.save(weights, args[1])
+    print(f"wrote {len(weights)} tensors of the backbone to {args[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
