@@ -21,7 +21,9 @@ def backbone_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     model = state.get("model") if isinstance(state, dict) else None
     if not model:
         raise ValueError(f"{checkpoint} is not an intl-kernels training checkpoint")
-    weights = {k[len(PREFIX) :].replace("_orig_mod.", ""): v for k, v in model.items() if k.startswith(PREFIX)}
+    weights = {
+        k[len(PREFIX) :].replace("_orig_mod.", ""): v for k, v in model.items() if k.startswith(PREFIX)
+    }
     if not weights:
         raise ValueError(f"{checkpoint} holds no backbone weights (keys starting with {PREFIX!r})")
     return weights

@@ -1,0 +1,134 @@
+"""End-to-end trainer behaviour: resume, data parallelism, collapse, checkpoints, export, demo."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torchvision
+
+from tests.train.conftest import make_image_tree, tiny_config
+from train import export, pretrain
+from train.monitor import CollapseError
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "last.pt", weights_only=False)["model"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key].double(), b[key].double(), rtol=tol, atol=tol, msg=key)
+
+
+def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path):
+    pretrain.train(tiny_config(image_tree, tmp_path / "straight", max_steps=4))
+    pretrain.train(tiny_config(image_tree, tmp_path / "resumed", max_steps=2))
+    summary = pretrain.train(tiny_config(image_tree, tmp_path / "resumed", max_steps=4))
+    assert summary["steps"] == 4
+    _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"), 1e-6)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert sum('"kind": "step"' in line for line in lines) == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, data: str, out: str, port: int) -> None:
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+        }
+    )
+    torch.set_num_threads(1)
+    pretrain.train(tiny_config(Path(data), Path(out), max_steps=2))
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(image_tree: Path, tmp_path: Path):
+    # Two steps: on these noise images the whitening of 8 samples is so ill-conditioned that fp32
+    # rounding differences (different summation orders) grow ~50x per step; at two steps the runs
+    # agree to 1e-6, while a wrong gradient scale or batch composition shows up at 1e-2 and more.
+    torch.set_num_threads(1)
+    try:
+        pretrain.train(tiny_config(image_tree, tmp_path / "single", max_steps=2))
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    mp.spawn(_ddp_worker, args=(str(image_tree), str(tmp_path / "ddp"), _free_port()), nprocs=2, join=True)
+    _assert_same_weights(_weights(tmp_path / "single"), _weights(tmp_path / "ddp"), 1e-4)
+
+
+def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path: Path):
+    with pytest.raises(
+        CollapseError, match="effective rank [0-9.]+ < 1000000000.0 after epoch 1; the last good checkpoint"
+    ):
+        pretrain.train(tiny_config(image_tree, tmp_path / "run", collapse_rank=1e9))
+    assert not (tmp_path / "run" / "last.pt").exists()
+    with pytest.raises(CollapseError, match="the loss became nan"):
+        pretrain.train(tiny_config(image_tree, tmp_path / "nan", lr=float("nan")))
+
+
+def test_corrupt_or_foreign_checkpoints_are_errors(image_tree: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(RuntimeError, match="cannot read checkpoint .*refusing to start from scratch"):
+        pretrain.train(tiny_config(image_tree, out, max_steps=2))
+    (out / "last.pt").unlink()
+    pretrain.train(tiny_config(image_tree, out, max_steps=2))
+    with pytest.raises(RuntimeError, match="belongs to a different run .*projector"):
+        pretrain.train(tiny_config(image_tree, out, max_steps=2, projector="16,16"))
+
+
+def test_export_gives_a_torchvision_state_dict(image_tree: Path, tmp_path: Path):
+    pretrain.train(tiny_config(image_tree, tmp_path / "run", max_steps=2))
+    assert export.main([str(tmp_path / "run" / "last.pt"), str(tmp_path / "backbone.pth")]) == 0
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(torch.load(tmp_path / "backbone.pth"))  # strict: every key matches
+    trained = _weights(tmp_path / "run")
+    torch.testing.assert_close(model.conv1.weight, trained["method.backbone.conv1.weight"])
+
+
+def test_shortened_demo_run(tmp_path: Path, capsys):
+    argv = [
+        "--max_steps",
+        "2",
+        "--knn_every",
+        "1",
+        "--num_workers",
+        "0",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    ]
+    assert pretrain.main([*argv, "--output-dir", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert "k-NN top-1 on the test images:" in printed and "before training" in printed
+    for name in ("last.pt", "config.yaml", "metrics.jsonl", "spectrum.png", "DONE"):
+        assert (tmp_path / "demo" / name).exists(), name
+
+
+def test_default_output_dir_resumes_the_same_unfinished_run(image_tree: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(image_tree, tmp_path / "unused", max_steps=1)
+    config.output_dir = None
+    first = pretrain.train(config)["output_dir"]
+    (Path(first) / "DONE").unlink()  # as if the run had been killed
+    assert pretrain.train(config)["output_dir"] == first
+    assert pretrain.train(config)["output_dir"] != first  # finished runs are not reopened
+
+
+def test_make_image_tree_helper(tmp_path: Path):
+    root = make_image_tree(tmp_path / "t", classes=2, per_class=2)
+    assert len(list((root / "train").rglob("*.png"))) == 4
