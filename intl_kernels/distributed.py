@@ -47,7 +47,8 @@ def _batch_sizes(x: Tensor) -> list[int]:
     if any(row[1:] != table[0][1:] for row in table):
         shapes = ", ".join(f"rank {r}: {row[1:]}" for r, row in enumerate(table))
         raise ValueError(
-            f"ranks must gather batches of one feature shape and dtype, got [ndim, *shape[1:], dtype] {shapes}"
+            "ranks must gather batches of one feature shape and dtype, "
+            f"got [ndim, *shape[1:], dtype] {shapes}"
         )
     return [row[0] for row in table]
 

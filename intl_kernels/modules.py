@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from intl_kernels.distributed import check_gather_argument, gather_batch, should_gather
 from intl_kernels.dispatch import check_backend_name
+from intl_kernels.distributed import check_gather_argument, gather_batch, should_gather
 from intl_kernels.function import (
     check_float_tensor,
     check_same_device,

@@ -97,9 +97,13 @@ def plot_spectrum(history: list[dict[str, Any]], path: Path) -> None:
     latest = history[-1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("before", "embedding"), ("after", "whitened")):
-        values = [v for v in latest[f"spectrum_{key}"] if v > 0]
-        left.semilogy(range(1, len(values) + 1), values, label=label)
-    left.set(title=f"covariance eigenvalues, epoch {latest['epoch']}", xlabel="index", ylabel="eigenvalue")
+        values = torch.tensor(latest[f"spectrum_{key}"])
+        values = values / values.sum().clamp_min(1e-300)
+        values = values[values > 1e-12]  # numerical zeros (e.g. the direction removed by centring)
+        left.semilogy(range(1, len(values) + 1), values.tolist(), label=label)
+    left.set(
+        title=f"covariance spectrum, epoch {latest['epoch']}", xlabel="index", ylabel="eigenvalue / trace"
+    )
     left.legend()
     epochs = [h["epoch"] for h in history]
     right.plot(epochs, [h["rank_before"] for h in history], marker="o", label="embedding")

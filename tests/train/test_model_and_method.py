@@ -138,10 +138,11 @@ def test_no_weight_decay_on_biases_and_norms_and_the_schedule():
 def test_lars_scales_updates_by_the_trust_ratio():
     weight = torch.nn.Parameter(torch.full((3, 3), 2.0))
     bias = torch.nn.Parameter(torch.ones(3))
-    optimizer = LARS(
-        [{"params": [weight], "lars": True, "weight_decay": 0.0}, {"params": [bias], "lars": False, "weight_decay": 0.0}],
-        lr=1.0, momentum=0.0, eta=0.1,
-    )  # fmt: skip
+    groups = [
+        {"params": [weight], "lars": True, "weight_decay": 0.0},
+        {"params": [bias], "lars": False, "weight_decay": 0.0},
+    ]
+    optimizer = LARS(groups, lr=1.0, momentum=0.0, eta=0.1)
     weight.grad = torch.full((3, 3), 4.0)
     bias.grad = torch.full((3,), 0.5)
     optimizer.step()
