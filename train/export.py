@@ -18,6 +18,13 @@ PREFIX = "method.backbone."
 def backbone_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The online backbone's weights from a training checkpoint, under torchvision's names."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if (
+        isinstance(state, dict)
+        and "model" not in state
+        and state
+        and all(torch.is_tensor(v) for v in state.values())
+    ):
+        return state  # already an exported backbone
     model = state.get("model") if isinstance(state, dict) else None
     if not model:
         raise ValueError(f"{checkpoint} is not an intl-kernels training checkpoint")

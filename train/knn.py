@@ -48,3 +48,29 @@ def knn_accuracy(
         )
         correct += (votes.argmax(1) == test_labels[start : start + chunk]).sum().item()
     return 100.0 * correct / len(test_features)
+
+
+@torch.no_grad()
+def knn_majority_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    k: int = 5,
+    chunk: int = 1024,
+) -> float:
+    """Top-1 accuracy (%) of the official CIFAR variant: k nearest by Euclidean distance, majority
+    vote (a tie goes to the smallest class index)."""
+    if len(train_features) == 0 or len(test_features) == 0:
+        raise ValueError("k-NN needs at least one training and one test sample")
+    k = min(k, len(train_features))
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    correct = 0
+    for start in range(0, len(test_features), chunk):
+        queries = test_features[start : start + chunk]
+        index = torch.cdist(queries, train_features).topk(k, dim=1, largest=False).indices
+        votes = torch.zeros(len(queries), classes).scatter_add_(
+            1, train_labels[index], torch.ones(index.shape)
+        )
+        correct += (votes.argmax(1) == test_labels[start : start + chunk]).sum().item()
+    return 100.0 * correct / len(test_features)

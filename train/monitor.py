@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
 
 class CollapseError(RuntimeError):
     """The representation collapsed (NaN loss or effective rank near 1); the run stops."""
-
-
-def singular_spectrum(z: Tensor) -> Tensor:
-    """Eigenvalues of the batch covariance of `z` (N, D), largest first (float64, on CPU)."""
-    z = z.detach().double().cpu()
-    centred = z - z.mean(0, keepdim=True)
-    return torch.linalg.svdvals(centred).square() / max(z.shape[0] - 1, 1)
-
-
-def effective_rank(eigenvalues: Tensor) -> float:
-    """RankMe (Garrido et al., 2023): exp of the entropy of the normalised singular values."""
-    singular = eigenvalues.clamp_min(0).sqrt()
-    p = singular / singular.sum().clamp_min(1e-300) + 1e-12
-    return math.exp(-(p * p.log()).sum().item())
 
 
 class Metrics:
@@ -85,31 +67,3 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def plot_spectrum(history: list[dict[str, Any]], path: Path) -> None:
-    """spectrum.png: the latest spectra before/after whitening, and effective rank per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    latest = history[-1]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("before", "embedding"), ("after", "whitened")):
-        values = torch.tensor(latest[f"spectrum_{key}"])
-        values = values / values.sum().clamp_min(1e-300)
-        values = values[values > 1e-12]  # numerical zeros (e.g. the direction removed by centring)
-        left.semilogy(range(1, len(values) + 1), values.tolist(), label=label)
-    left.set(
-        title=f"covariance spectrum, epoch {latest['epoch']}", xlabel="index", ylabel="eigenvalue / trace"
-    )
-    left.legend()
-    epochs = [h["epoch"] for h in history]
-    right.plot(epochs, [h["rank_before"] for h in history], marker="o", label="embedding")
-    right.plot(epochs, [h["rank_after"] for h in history], marker="o", label="whitened")
-    right.set(title="effective rank (RankMe)", xlabel="epoch")
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

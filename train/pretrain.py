@@ -28,8 +28,9 @@ from train.data import Augmented, Transformed, image_dataset, train_loader
 from train.distributed import Runtime, init_runtime, synchronise_batch_norm
 from train.knn import extract_features, knn_accuracy
 from train.methods import INTL, build_method
-from train.monitor import CollapseError, Metrics, Progress, effective_rank, plot_spectrum, singular_spectrum
+from train.monitor import CollapseError, Metrics, Progress
 from train.optim import build_optimizer, learning_rate, set_learning_rate
+from train.spectrum import plot_spectra, spectrum_entry
 
 CHECKPOINT = "last.pt"
 
@@ -94,17 +95,6 @@ def _checkpoint_state(
         "config": dataclasses.asdict(config),
         "history": history,
         "rng_torch": torch.get_rng_state(),
-    }
-
-
-def _spectrum_entry(epoch: int, out: dict[str, Tensor]) -> dict[str, Any]:
-    before, after = singular_spectrum(out["embedding"]), singular_spectrum(out["whitened"])
-    return {
-        "epoch": epoch,
-        "rank_before": effective_rank(before),
-        "rank_after": effective_rank(after),
-        "spectrum_before": before.tolist(),
-        "spectrum_after": after.tolist(),
     }
 
 
@@ -230,7 +220,9 @@ def train(config: Config) -> dict[str, Any]:
         if step % steps_per_epoch == 0 or step >= last_step:
             finished_epoch = math.ceil(step / steps_per_epoch)
             if last_out is not None and config.spectrum_every and finished_epoch % config.spectrum_every == 0:
-                entry = _spectrum_entry(finished_epoch, last_out)
+                entry = spectrum_entry(
+                    finished_epoch, last_out["embedding"], last_out["whitened"], config.axis
+                )
                 history["spectrum"].append(entry)
                 metrics.log(
                     "epoch",
@@ -239,11 +231,12 @@ def train(config: Config) -> dict[str, Any]:
                         "epoch": finished_epoch,
                         "effective_rank_embedding": entry["rank_before"],
                         "effective_rank_whitened": entry["rank_after"],
+                        "trace_loss_whitened": entry["trace_loss"],
                         "probe_train_top1": 100.0 * probe_correct / max(probe_seen, 1),
                     },
                 )
                 if runtime.is_main:
-                    plot_spectrum(history["spectrum"], out_dir / "spectrum.png")
+                    plot_spectra(history["spectrum"], out_dir / "spectrum.png")
                 if entry["rank_before"] < config.collapse_rank:
                     raise CollapseError(
                         f"the embedding collapsed: effective rank {entry['rank_before']:.2f} < "

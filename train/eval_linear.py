@@ -1,0 +1,230 @@
+"""Linear and semi-supervised evaluation: `python -m train.eval_linear CKPT --protocol P [options]`.
+
+Protocols (one training loop serves all three):
+- `imagenet`: frozen backbone (eval mode), fc initialised N(0, 0.01), SGD momentum 0.9, weight decay 0,
+  100 epochs, lr x0.1 at epochs 60 and 80; RandomResizedCrop 224 + flip for training, Resize 256 +
+  CenterCrop 224 for validation; top-1/top-5.
+- `semi`: fine-tune backbone and classifier for 20 epochs on a labelled subset (`--subset FILE`, one
+  image path per line relative to the training folder: the 1% / 10% lists), separate learning rates
+  (`--lr-backbone`, `--lr`), both x0.2 at epochs 12 and 16.
+- `cifar`: features precomputed without augmentation, a linear classifier trained with Adam, lr 1e-2
+  decayed (cosine) to 1e-6, weight decay 5e-6, batch 1000.
+
+Checkpoints every epoch to OUT/linear.pt (atomic) and resumes from it; under torchrun it trains
+data-parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+
+from train.augment import IMAGENET_MEAN, IMAGENET_STD, evaluation_transform
+from train.checkpoint import save_atomic
+from train.data import Transformed, image_dataset
+from train.distributed import init_runtime
+from train.eval_knn import features_of
+from train.evaluate import add_arguments, load_source, write_results
+from train.monitor import Progress
+
+PROTOCOLS = {
+    # epochs, batch, lr (classifier), milestones, gamma
+    "imagenet": {"epochs": 100, "batch_size": 256, "lr": 0.1, "milestones": [60, 80], "gamma": 0.1},
+    "semi": {"epochs": 20, "batch_size": 256, "lr": 0.1, "milestones": [12, 16], "gamma": 0.2},
+    "cifar": {"epochs": 100, "batch_size": 1000, "lr": 1e-2, "milestones": [], "gamma": 1.0},
+}
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int) -> int:
+    """How many labels are among the `top` highest logits."""
+    top = min(top, logits.shape[1])
+    return int((logits.topk(top, dim=1).indices == labels[:, None]).any(1).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) over a loader, summed over ranks when distributed."""
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(inputs)
+        counts += torch.tensor(
+            [accuracy(logits, labels, 1), accuracy(logits, labels, 5), len(labels)], device=device
+        )
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    return {
+        "top1": 100 * counts[0].item() / counts[2].item(),
+        "top5": 100 * counts[1].item() / counts[2].item(),
+    }
+
+
+def fit(
+    model: nn.Module,
+    trainable: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    epochs: int,
+    device: torch.device,
+    out: Path | None,
+    frozen: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Train `model` (whose parameters in `trainable` learn) with cross-entropy; resumable."""
+    start, history = 0, []
+    state_path = out / "linear.pt" if out else None
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        trainable.load_state_dict(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["epoch"], state["history"]
+    main_rank = not dist.is_initialized() or dist.get_rank() == 0
+    for epoch in range(start, epochs):
+        model.train()
+        if frozen is not None:
+            frozen.eval()  # a frozen backbone keeps its batch-norm statistics
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        progress = Progress(len(train_loader), epoch, main_rank, every=max(len(train_loader) // 4, 10))
+        for step, (inputs, labels) in enumerate(train_loader, 1):
+            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            progress.update(step, {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+        progress.close()
+        scheduler.step()
+        history.append({"epoch": epoch + 1, **evaluate(model, val_loader, device)})
+        if main_rank:
+            print(
+                f"epoch {epoch + 1}/{epochs}: top-1 {history[-1]['top1']:.2f}%, "
+                f"top-5 {history[-1]['top5']:.2f}%",
+                flush=True,
+            )
+            if state_path is not None:
+                state = {
+                    "trainable": trainable.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                }
+                save_atomic(state, state_path)
+    return {"final": history[-1] if history else {}, "history": history}
+
+
+def _loader(dataset: Dataset, batch: int, shuffle: bool, workers: int, distributed: bool) -> DataLoader:
+    sampler = DistributedSampler(dataset, shuffle=shuffle) if distributed else None
+    return DataLoader(
+        dataset, batch_size=batch, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=workers,
+        pin_memory=torch.cuda.is_available(), drop_last=False,
+    )  # fmt: skip
+
+
+def _subset(images: Any, listing: Path) -> Subset:
+    wanted = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+    root = Path(images.root)
+    chosen = [i for i, (path, _) in enumerate(images.samples) if str(Path(path).relative_to(root)) in wanted
+              or Path(path).name in wanted]  # fmt: skip
+    if not chosen:
+        raise ValueError(f"none of the {len(wanted)} images listed in {listing} is in {root}")
+    return Subset(images, chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.eval_linear", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="global batch")
+    parser.add_argument("--lr", type=float, help="classifier learning rate")
+    parser.add_argument("--lr-backbone", type=float, default=0.01, help="semi protocol only")
+    parser.add_argument("--subset", type=Path, help="semi protocol: file listing the labelled images")
+    parser.add_argument("--output-dir", type=Path, help="checkpoint and results; resumes from it")
+    parser.add_argument("--feature-cache", type=Path, help="cifar protocol: cache extracted features")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    settings = {**PROTOCOLS[args.protocol]}
+    for key in ("epochs", "batch_size", "lr"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.protocol == "semi" and args.subset is None:
+        parser.error("--protocol semi needs --subset FILE")
+
+    runtime = init_runtime(args.device)
+    distributed = runtime.world_size > 1
+    source = load_source(args)
+    config, device = source.config, runtime.device
+    classes = len(image_dataset(config.dataset, config.data, config.cache_dir, "train").classes)
+    batch = settings["batch_size"] // runtime.world_size
+    if args.output_dir:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    classifier = nn.Linear(source.features, classes)
+    nn.init.normal_(classifier.weight, std=0.01)
+    nn.init.zeros_(classifier.bias)
+    frozen = None
+    if args.protocol == "cifar":
+        train_f, train_y = features_of(source, "train", device, args.workers, args.feature_cache)
+        test_f, test_y = features_of(source, "eval", device, args.workers, args.feature_cache)
+        train_set, val_set = TensorDataset(train_f, train_y), TensorDataset(test_f, test_y)
+        model, trainable = classifier, classifier
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=settings["lr"], weight_decay=5e-6)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings["epochs"], eta_min=1e-6)
+    else:
+        size = config.image_size
+        train_transform = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
+        images = image_dataset(config.dataset, config.data, config.cache_dir, "train")
+        train_set = Transformed(_subset(images, args.subset) if args.subset else images, train_transform)
+        val_set = Transformed(image_dataset(config.dataset, config.data, config.cache_dir, "eval"),
+                              evaluation_transform(config.augment, size))  # fmt: skip
+        model = nn.Sequential(source.network, classifier)
+        if args.protocol == "imagenet":
+            source.network.requires_grad_(False)
+            frozen, trainable = source.network, classifier
+            groups = [{"params": classifier.parameters(), "lr": settings["lr"]}]
+        else:
+            trainable = model
+            groups = [{"params": source.network.parameters(), "lr": args.lr_backbone},
+                      {"params": classifier.parameters(), "lr": settings["lr"]}]  # fmt: skip
+        optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings["milestones"], settings["gamma"])
+    model.to(device)
+    if distributed:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_loader = _loader(
+        train_set, batch, True, 0 if args.protocol == "cifar" else args.workers, distributed
+    )
+    val_loader = _loader(val_set, batch, False, 0 if args.protocol == "cifar" else args.workers, distributed)
+    result = fit(model, trainable, optimizer, scheduler, train_loader, val_loader, settings["epochs"], device,
+                 args.output_dir, frozen)  # fmt: skip
+    summary = {"checkpoint": source.name, "protocol": args.protocol, **settings, **result["final"],
+               "history": result["history"]}  # fmt: skip
+    if runtime.is_main:
+        print(f"{args.protocol} protocol: top-1 {summary.get('top1', float('nan')):.2f}%, "
+              f"top-5 {summary.get('top5', float('nan')):.2f}%")  # fmt: skip
+        write_results(
+            args.output or (args.output_dir / f"linear-{args.protocol}.json" if args.output_dir else None),
+            summary,
+        )
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
