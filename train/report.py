@@ -98,7 +98,8 @@ def write_report(out: Path) -> Path:
         speeds = sorted(r["img_per_s"] for r in steps)
         lines += [
             f"Trained {last['step']} steps; last logged loss {last['loss']:.4f} (alignment "
-            f"{last['alignment']:.4f}, trace {last['trace']:.4g}); median {speeds[len(speeds) // 2]:.1f} samples/s.",
+            f"{last['alignment']:.4f}, trace {last['trace']:.4g}); "
+            f"median {speeds[len(speeds) // 2]:.1f} samples/s.",
             "",
         ]
     if knn:
