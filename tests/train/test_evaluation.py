@@ -181,3 +181,33 @@ def test_semi_protocol_rejects_an_empty_subset(image_tree: Path, tmp_path: Path)
             "--workers", "0", "--protocol", "semi", "--subset", str(listing), "--epochs", "1"]  # fmt: skip
     with pytest.raises(ValueError, match="none of the 1 images listed"):
         eval_linear.main(argv)
+
+
+def _linear_ddp_worker(rank: int, argv: list[str], port: int) -> None:
+    import os
+
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+        }
+    )
+    torch.set_num_threads(1)
+    eval_linear.main(argv)
+
+
+def test_linear_protocol_runs_data_parallel(image_tree: Path, tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    from tests.train.test_pretrain import _free_port
+
+    argv = ["random", "--backbone", "resnet18", "--stem", "imagenet", "--dataset", "imagefolder",
+            "--data", str(image_tree), "--image-size", "16", "--augment", "imagenet", "--workers", "0",
+            "--protocol", "imagenet", "--epochs", "2", "--batch-size", "8",
+            "--output-dir", str(tmp_path / "ddp")]  # fmt: skip
+    mp.spawn(_linear_ddp_worker, args=(argv, _free_port()), nprocs=2, join=True)
+    result = json.loads((tmp_path / "ddp" / "linear-imagenet.json").read_text())
+    assert len(result["history"]) == 2 and 0 <= result["top1"] <= result["top5"] <= 100
