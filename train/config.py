@@ -67,7 +67,12 @@ class Config:
         if self.output_dir:
             return Path(self.output_dir)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        return Path("runs") / f"{self.name}-{stamp}"
+        path = Path("runs") / f"{self.name}-{stamp}"
+        suffix = 1
+        while path.exists():  # two runs started within one second
+            suffix += 1
+            path = Path("runs") / f"{self.name}-{stamp}-{suffix}"
+        return path
 
 
 def field_names() -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from train.augment import evaluation_transform
 from train.data import Transformed, image_dataset
 from train.evaluate import Source, add_arguments, device_of, load_source, write_results
-from train.knn import extract_features, knn_accuracy, knn_majority_accuracy
+from train.knn import extract_features, knn_accuracy
 
 
 def features_of(source: Source, split: str, device: torch.device, workers: int, cache: Path | None) -> tuple:
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         "bank": len(train_f),
         "queries": len(test_f),
     }
-    results[f"euclidean_majority_k{args.cifar_k}"] = knn_majority_accuracy(
-        train_f, train_y, test_f, test_y, args.cifar_k
+    results[f"euclidean_majority_k{args.cifar_k}"] = knn_accuracy(
+        train_f, train_y, test_f, test_y, args.cifar_k, temperature=None, metric="euclidean"
     )
     for k in args.k:
         results[f"cosine_weighted_k{k}"] = knn_accuracy(train_f, train_y, test_f, test_y, k, args.temperature)

@@ -30,47 +30,32 @@ def knn_accuracy(
     test_features: Tensor,
     test_labels: Tensor,
     k: int = 20,
-    temperature: float = 0.07,
+    temperature: float | None = 0.07,
+    metric: str = "cosine",
     chunk: int = 1024,
 ) -> float:
-    """Top-1 accuracy (%) of cosine k-NN with votes weighted by exp(similarity / temperature)."""
+    """Top-1 accuracy (%) of k-NN classification of the test features.
+
+    metric="cosine" with a temperature: votes weighted by exp(similarity / temperature) (Wu et al.,
+    2018). metric="euclidean" with temperature=None: the official CIFAR variant, a plain majority of
+    the k nearest (a tie goes to the smallest class index).
+    """
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError("k-NN needs at least one training and one test sample")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     k = min(k, len(train_features))
     classes = int(max(train_labels.max(), test_labels.max())) + 1
-    bank = F.normalize(train_features, dim=1)
-    correct = 0
-    for start in range(0, len(test_features), chunk):
-        queries = F.normalize(test_features[start : start + chunk], dim=1)
-        similarity, index = (queries @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(queries), classes).scatter_add_(
-            1, train_labels[index], (similarity / temperature).exp()
-        )
-        correct += (votes.argmax(1) == test_labels[start : start + chunk]).sum().item()
-    return 100.0 * correct / len(test_features)
-
-
-@torch.no_grad()
-def knn_majority_accuracy(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
-    k: int = 5,
-    chunk: int = 1024,
-) -> float:
-    """Top-1 accuracy (%) of the official CIFAR variant: k nearest by Euclidean distance, majority
-    vote (a tie goes to the smallest class index)."""
-    if len(train_features) == 0 or len(test_features) == 0:
-        raise ValueError("k-NN needs at least one training and one test sample")
-    k = min(k, len(train_features))
-    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    bank = F.normalize(train_features, dim=1) if metric == "cosine" else train_features
     correct = 0
     for start in range(0, len(test_features), chunk):
         queries = test_features[start : start + chunk]
-        index = torch.cdist(queries, train_features).topk(k, dim=1, largest=False).indices
-        votes = torch.zeros(len(queries), classes).scatter_add_(
-            1, train_labels[index], torch.ones(index.shape)
-        )
+        if metric == "cosine":
+            closeness, index = (F.normalize(queries, dim=1) @ bank.T).topk(k, dim=1)
+        else:
+            distance, index = torch.cdist(queries, bank).topk(k, dim=1, largest=False)
+            closeness = -distance
+        weights = (closeness / temperature).exp() if temperature else torch.ones(index.shape)
+        votes = torch.zeros(len(queries), classes).scatter_add_(1, train_labels[index], weights)
         correct += (votes.argmax(1) == test_labels[start : start + chunk]).sum().item()
     return 100.0 * correct / len(test_features)

@@ -34,6 +34,17 @@ class INTL(nn.Module):
         features, embeddings = self.embed(views)
         whitened = [self.whitening(z) for z in embeddings]
         alignment, trace = intl_loss_terms(whitened, self.axis)
+        return self._outputs(alignment, trace, features, embeddings, whitened)
+
+    def _outputs(
+        self,
+        alignment: Tensor,
+        trace: Tensor,
+        features: list[Tensor],
+        embeddings: list[Tensor],
+        whitened: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """The loss, its two terms, and what the trainer monitors (first online view)."""
         return {
             "loss": alignment + self.beta * trace,
             "alignment": alignment,
@@ -71,14 +82,7 @@ class INTLMomentum(INTL):
         whitened = [self.whitening(z) for z in embeddings]
         alignment = sum(norm_mse_loss(t, target) for t in whitened) / len(whitened)
         trace = sum(trace_loss(t, self.axis) for t in whitened) / len(whitened)
-        return {
-            "loss": alignment + self.beta * trace,
-            "alignment": alignment,
-            "trace": trace,
-            "features": features[0],
-            "embedding": embeddings[0],
-            "whitened": whitened[0],
-        }
+        return self._outputs(alignment, trace, features, embeddings, whitened)
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:

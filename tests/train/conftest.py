@@ -54,5 +54,31 @@ def tiny_argv(data: Path, out: Path, **overrides: object) -> list[str]:
     return argv
 
 
+def join_two_process_group(rank: int, port: int) -> None:
+    """The environment torchrun gives rank `rank` of a 2-process CPU run on this machine."""
+    import os
+
+    import torch
+
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+        }
+    )
+    torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tiny_config(data: Path, out: Path, **overrides: object):
     return load_config(tiny_argv(data, out, **overrides))

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.train.conftest import tiny_config
+from tests.train.conftest import free_port, join_two_process_group, tiny_config
 from train import eval_knn, eval_linear, pretrain, report, spectrum
 from train.eval_linear import fit
-from train.knn import knn_accuracy, knn_majority_accuracy
+from train.knn import knn_accuracy
 from train.spectrum import alignment, covariance_spectrum, effective_rank, uniformity
 
 
@@ -83,14 +83,14 @@ def test_knn_variants_match_brute_force(k):
     got = knn_accuracy(bank, bank_y, queries, query_y, k=k, temperature=0.07, chunk=7)
     assert got == pytest.approx(100 * sum(int(p == y) for p, y in zip(expected, query_y, strict=True)) / 40)
     expected = _knn_euclidean_brute(bank, bank_y, queries, k)
-    got = knn_majority_accuracy(bank, bank_y, queries, query_y, k=k, chunk=7)
+    got = knn_accuracy(bank, bank_y, queries, query_y, k=k, temperature=None, metric="euclidean", chunk=7)
     assert got == pytest.approx(100 * sum(int(p == y) for p, y in zip(expected, query_y, strict=True)) / 40)
 
 
 def test_knn_on_separable_clusters_is_near_perfect():
     features, labels = _clusters(400, 5, 12)
     assert knn_accuracy(features[:300], labels[:300], features[300:], labels[300:], k=20) > 98
-    assert knn_majority_accuracy(features[:300], labels[:300], features[300:], labels[300:], k=5) > 98
+    assert knn_accuracy(features[:300], labels[:300], features[300:], labels[300:], 5, None, "euclidean") > 98
 
 
 def test_rankme_and_spectrum_against_eigenvalues():
@@ -184,30 +184,17 @@ def test_semi_protocol_rejects_an_empty_subset(image_tree: Path, tmp_path: Path)
 
 
 def _linear_ddp_worker(rank: int, argv: list[str], port: int) -> None:
-    import os
-
-    os.environ.update(
-        {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-        }
-    )
-    torch.set_num_threads(1)
+    join_two_process_group(rank, port)
     eval_linear.main(argv)
 
 
 def test_linear_protocol_runs_data_parallel(image_tree: Path, tmp_path: Path):
     import torch.multiprocessing as mp
 
-    from tests.train.test_pretrain import _free_port
-
     argv = ["random", "--backbone", "resnet18", "--stem", "imagenet", "--dataset", "imagefolder",
             "--data", str(image_tree), "--image-size", "16", "--augment", "imagenet", "--workers", "0",
             "--protocol", "imagenet", "--epochs", "2", "--batch-size", "8",
             "--output-dir", str(tmp_path / "ddp")]  # fmt: skip
-    mp.spawn(_linear_ddp_worker, args=(argv, _free_port()), nprocs=2, join=True)
+    mp.spawn(_linear_ddp_worker, args=(argv, free_port()), nprocs=2, join=True)
     result = json.loads((tmp_path / "ddp" / "linear-imagenet.json").read_text())
     assert len(result["history"]) == 2 and 0 <= result["top1"] <= result["top5"] <= 100

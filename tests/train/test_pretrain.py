@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 import torchvision
 
-from tests.train.conftest import make_image_tree, tiny_config
+from tests.train.conftest import free_port, join_two_process_group, make_image_tree, tiny_config
 from train import export, pretrain
 from train.monitor import CollapseError
 
@@ -36,23 +35,8 @@ def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path):
     assert sum('"kind": "step"' in line for line in lines) == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, data: str, out: str, port: int) -> None:
-    os.environ.update(
-        {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-        }
-    )
-    torch.set_num_threads(1)
+    join_two_process_group(rank, port)
     pretrain.train(tiny_config(Path(data), Path(out), max_steps=2))
 
 
@@ -65,7 +49,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(image_tr
         pretrain.train(tiny_config(image_tree, tmp_path / "single", max_steps=2))
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
-    mp.spawn(_ddp_worker, args=(str(image_tree), str(tmp_path / "ddp"), _free_port()), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(str(image_tree), str(tmp_path / "ddp"), free_port()), nprocs=2, join=True)
     _assert_same_weights(_weights(tmp_path / "single"), _weights(tmp_path / "ddp"), 1e-4)
 
 
