@@ -5,6 +5,10 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
+from intl_kernels import projection_head as projector
+
+__all__ = ["backbone", "projector"]
+
 
 def backbone(name: str, stem: str) -> tuple[nn.Module, int]:
     """A torchvision ResNet with `fc = Identity`; returns it and its feature size.
@@ -21,14 +25,3 @@ def backbone(name: str, stem: str) -> tuple[nn.Module, int]:
     features = net.fc.in_features
     net.fc = nn.Identity()
     return net, features
-
-
-def projector(in_features: int, sizes: list[int]) -> nn.Sequential:
-    """(Linear without bias, BatchNorm1d, ReLU) for every hidden size, then Linear with bias."""
-    layers: list[nn.Module] = []
-    width = in_features
-    for hidden in sizes[:-1]:
-        layers += [nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-        width = hidden
-    layers.append(nn.Linear(width, sizes[-1]))
-    return nn.Sequential(*layers)

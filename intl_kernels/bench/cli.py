@@ -1,129 +1,200 @@
-"""`intl-bench`: forward+backward time of every usable whitening backend against the eager reference.
+"""`intl-bench`: every whitening backend against the eager reference and torch.compile of it.
 
-Example (the README's CPU figures):
-    intl-bench --shapes 256x2048 --axis 0 1 --repeats 10
+Examples:
+    intl-bench --quick                                   # short CPU run (README's CPU numbers)
+    intl-bench --device cuda --preset all --json r.json  # the GPU check
+    intl-bench --shapes 256x2048 4096x4096 --axis 0 1 --T 4
+    intl-bench --train-step --device cuda                # one INTL training step per backend
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import platform
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from intl_kernels import available_backends, iternorm
-from intl_kernels.bench.timing import Timing, time_interleaved
+from intl_kernels import __version__
+from intl_kernels.bench.cases import PRESETS, QUICK, Case, expand, parse_shape
+from intl_kernels.bench.floor import measure_limits
+from intl_kernels.bench.kernel import bench_case
+from intl_kernels.bench.train_step import bench_train_step
+from intl_kernels.dispatch import BACKEND_NAMES, available_backends
 
-QUICK_SHAPES = ("64x128", "256x2048")
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    """'NxD' -> (N, D)."""
-    try:
-        n, d = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 256x2048, got {text!r}") from None
-    if n < 2 or d < 2:
-        raise argparse.ArgumentTypeError(f"shape needs N >= 2 and D >= 2, got {text!r}")
-    return n, d
+COLUMNS = (
+    ("case", 14, "{}"), ("axis", 4, "{}"), ("mode", 16, "{}"), ("backend", 9, "{}"),
+    ("median ms", 10, "{:.3f}"), ("min ms", 9, "{:.3f}"), ("max ms", 9, "{:.3f}"), ("x ref", 7, "{:.1f}"),
+    ("x compile", 9, "{:.2f}"), ("TFLOP/s", 8, "{:.3f}"), ("GB/s", 8, "{:.1f}"), ("x floor", 8, "{:.1f}"),
+    ("peak MiB", 9, "{:.0f}"),
+)  # fmt: skip
 
 
-def _step(
-    x: torch.Tensor, grad: torch.Tensor, axis: int, iterations: int, backend: str
-) -> Callable[[], None]:
-    def run() -> None:
-        x.grad = None
-        iternorm(x, axis, iterations, backend=backend).backward(grad)
-
-    return run
+def _cells(row: dict[str, Any]) -> list[Any]:
+    ms = {k: row.get(k) and row[k] * 1e3 for k in ("median_s", "min_s", "max_s")}
+    return [row["case"], row["axis"], row.get("mode", ""), row["backend"], ms["median_s"], ms["min_s"],
+            ms["max_s"], row.get("speedup_vs_reference"), row.get("speedup_vs_compile"), row.get("tflops"),
+            row.get("gbytes_per_s"), row.get("time_over_floor"), row.get("peak_memory_mb")]  # fmt: skip
 
 
-def bench_shape(
-    shape: tuple[int, int],
-    axis: int,
-    iterations: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    backends: Sequence[str],
-    repeats: int,
-) -> dict[str, Timing]:
-    """Interleaved forward+backward timings of `backends` on one random input."""
-    x = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
-    grad = torch.randn(shape, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    candidates = {name: _step(x, grad, axis, iterations, name) for name in backends}
-    return time_interleaved(candidates, repeats, warmup=1, sync=sync)
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """An aligned text table of kernel rows; skipped backends show their reason."""
+    lines = [" ".join(f"{name:>{width}}" for name, width, _ in COLUMNS)]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(
+                f"{row['case']:>14} {row['axis']:>4} {'':>16} {row['backend']:>9}  skipped: {row['skipped']}"
+            )
+            continue
+        cells = [
+            f"{fmt.format(value) if value is not None else '-':>{width}}"
+            for (_, width, fmt), value in zip(COLUMNS, _cells(row), strict=True)
+        ]
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Forward+backward time against the case's size, one line per backend and axis, log scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    timed = [r for r in rows if r.get("mode") == "forward+backward"]
+    for backend in dict.fromkeys(r["backend"] for r in timed):
+        for axis in sorted({r["axis"] for r in timed}):
+            points = [
+                (r["flops"], r["median_s"] * 1e3)
+                for r in timed
+                if r["backend"] == backend and r["axis"] == axis
+            ]
+            if points:
+                ax.loglog(*zip(*sorted(points), strict=True), marker="o", label=f"{backend} (axis {axis})")
+    ax.set(xlabel="required FLOPs per call", ylabel="forward+backward time (ms)", title="intl-bench")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def metadata(argv: Sequence[str], device: torch.device, dtype: str) -> dict[str, Any]:
+    meta = {
+        "command": " ".join(["intl-bench", *argv]),
+        "date": datetime.date.today().isoformat(),
+        "intl_kernels": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "dtype": dtype,
+    }
+    if device.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(device)
+        try:
+            import triton
+
+            meta["triton"] = triton.__version__
+        except ImportError:
+            meta["triton"] = None
+    return meta
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intl-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"))
     parser.add_argument("--axis", type=int, nargs="+", default=[0, 1], choices=(0, 1))
-    parser.add_argument("--T", type=int, default=4, help="Newton-Schulz iterations")
-    parser.add_argument("--shapes", type=parse_shape, nargs="+", help="NxD list (default: --quick set)")
-    parser.add_argument("--backends", nargs="+", help="default: every usable backend")
+    parser.add_argument("--T", type=int, help="Newton-Schulz iterations (default: 4, or the preset's)")
+    parser.add_argument("--shapes", nargs="+", help="NxD or NxD:groups cases")
+    parser.add_argument("--preset", choices=tuple(PRESETS), help="a named set of cases")
+    parser.add_argument("--quick", action="store_true", help="short CPU run: 64x128 and 256x1024, 3 repeats")
+    parser.add_argument("--backends", nargs="+", choices=BACKEND_NAMES, help="default: all of them")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="small CPU run: 64x128 and 256x2048, 3 repeats")
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--json", type=Path, help="write rows and metadata here")
+    parser.add_argument("--csv", type=Path, help="write rows here")
+    parser.add_argument("--plot", type=Path, help="PNG of time against required FLOPs")
+    parser.add_argument("--train-step", action="store_true", help="time one INTL training step per backend")
+    parser.add_argument("--batch", type=int, help="train step: batch per view (default 256 GPU, 64 CPU)")
+    parser.add_argument("--image-size", type=int, default=224, help="train step: view size")
+    parser.add_argument("--backbone", default="resnet50", help="train step: torchvision model")
+    parser.add_argument("--projector", type=int, nargs="+", default=[8192, 8192, 8192], help="train step")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("intl-bench: --device cuda, but torch sees no GPU", file=sys.stderr)
+        return 2
     dtype = getattr(torch, args.dtype)
-    shapes = args.shapes or [parse_shape(s) for s in QUICK_SHAPES]
-    repeats = 3 if args.quick else args.repeats
-    usable = available_backends(device, dtype)
-    backends = args.backends or usable
-    for name in backends:
-        if name not in usable:
-            print(f"skipping backend {name!r}: not usable on {device} {dtype}", file=sys.stderr)
-    backends = [name for name in backends if name in usable]
-    if "reference" not in backends:
-        backends = ["reference", *backends]
+    backends = args.backends or [b for b in BACKEND_NAMES if b != "reference"]
+    meta = metadata(argv, device, args.dtype)
+    result: dict[str, Any] = {"meta": meta}
 
-    rows = []
-    columns = ("shape", 12), ("axis", 4), ("backend", 10), ("median ms", 10), ("min ms", 9), ("max ms", 9)
-    header = " ".join(f"{name:>{width}}" for name, width in columns) + f" {'vs ref':>7}"
-    print(
-        f"# forward+backward, {device} {args.dtype}, T={args.T}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, median of {repeats}"
-    )
-    print(header)
-    for n, d in shapes:
-        for axis in args.axis:
-            timings = bench_shape((n, d), axis, args.T, dtype, device, backends, repeats)
-            reference = timings["reference"].median
-            for name, t in timings.items():
-                row = {
-                    "shape": f"{n}x{d}",
-                    "axis": axis,
-                    "backend": name,
-                    **asdict(t),
-                    "speedup_vs_reference": reference / t.median,
-                }
-                rows.append(row)
-                print(
-                    f"{row['shape']:>12} {axis:>4} {name:>10} {t.median * 1e3:>10.2f} {t.low * 1e3:>9.2f} "
-                    f"{t.high * 1e3:>9.2f} {reference / t.median:>6.1f}x"
-                )
+    if args.train_step:
+        batch = args.batch or (256 if device.type == "cuda" else 64)
+        rows = bench_train_step(
+            device,
+            backends,
+            batch,
+            args.image_size,
+            args.backbone,
+            tuple(args.projector),
+            min(args.repeats, 5),
+        )
+        result["train_step"] = rows
+        print(
+            f"# one INTL training step: {args.backbone}, 2 views of {batch} x {args.image_size}px, {device}"
+        )
+        for row in rows:
+            share = row["whitening_share"] * 100
+            timing = f"{row['step_s'] * 1e3:9.1f} ms/step, {row['images_per_s']:8.1f} images/s"
+            print(f"{row['backend']:>10}: {timing}, whitening + loss {share:5.1f}% of the step")
+    else:
+        if args.quick:
+            specs, repeats = QUICK, 3
+        elif args.shapes:
+            specs = [dict(zip(("n", "d", "groups"), parse_shape(s), strict=True)) for s in args.shapes]
+            repeats = args.repeats
+        else:
+            specs, repeats = PRESETS[args.preset or "cpu-small"], args.repeats
+        cases: list[Case] = expand(specs, args.axis, args.T)
+        limits = measure_limits(device)
+        meta.update(matmul_tflops=limits.matmul_flops / 1e12, copy_gbytes_per_s=limits.copy_bytes / 1e9)
+        usable = ", ".join(available_backends(device, dtype))
+        print(f"# {meta['command']} | {meta.get('gpu', meta['cpu'])}, torch {meta['torch']}, {args.dtype}, "
+              f"{meta['threads']} threads | measured peaks: {meta['matmul_tflops']:.2f} TFLOP/s matmul, "
+              f"{meta['copy_gbytes_per_s']:.1f} GB/s copy | usable: {usable}")  # fmt: skip
+        rows = []
+        for case in cases:
+            rows += bench_case(
+                case, backends, dtype, device, repeats, limits, with_compile=not args.no_compile
+            )
+        result["rows"] = rows
+        print(format_table(rows))
+        if args.csv:
+            keys = list(dict.fromkeys(k for row in rows for k in row))
+            with args.csv.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+        if args.plot:
+            plot(rows, args.plot)
     if args.json:
-        meta = {
-            "command": " ".join(["intl-bench", *(sys.argv[1:] if argv is None else argv)]),
-            "date": datetime.date.today().isoformat(),
-            "cpu": platform.processor() or platform.machine(),
-            "device": str(device),
-            "dtype": args.dtype,
-            "T": args.T,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        }
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The benchmark CLI parses, runs on CPU and writes a stable JSON layout (no timing assertions)."""
+"""The benchmark CLI: runs on CPU, stable JSON, FLOP/byte models against hand counts, skipped
+backends reported with their reason (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -6,39 +7,112 @@ import json
 
 import pytest
 
-from intl_kernels.bench.cli import main, parse_shape
+from intl_kernels.bench.cases import PRESETS, Case, bytes_moved, expand, flops, parse_shape
+from intl_kernels.bench.cli import main
+
+ROW_KEYS = {
+    "case", "axis", "T", "mode", "backend", "median_s", "min_s", "max_s", "repeats", "speedup_vs_reference",
+    "speedup_vs_compile", "tflops", "gbytes_per_s", "flops", "bytes", "floor_s", "time_over_floor",
+    "peak_memory_mb",
+}  # fmt: skip
+META_KEYS = {"command", "date", "intl_kernels", "torch", "python", "device", "cpu", "threads", "dtype",
+             "matmul_tflops", "copy_gbytes_per_s"}  # fmt: skip
 
 
-def test_cli_runs_and_writes_json(tmp_path, capsys):
-    path = tmp_path / "rows.json"
-    assert main(["--shapes", "16x24", "9x5", "--axis", "0", "1", "--repeats", "2", "--json", str(path)]) == 0
-    table = capsys.readouterr().out
-    assert "reference" in table and "torch" in table
-    data = json.loads(path.read_text())
-    assert set(data["meta"]) == {"command", "date", "cpu", "device", "dtype", "T", "torch", "threads"}
-    assert len(data["rows"]) == 2 * 2 * len({row["backend"] for row in data["rows"]})
-    for row in data["rows"]:
-        assert set(row) == {
-            "shape",
-            "axis",
-            "backend",
-            "median",
-            "low",
-            "high",
-            "repeats",
-            "speedup_vs_reference",
-        }
-        assert row["low"] <= row["median"] <= row["high"] and row["repeats"] == 2
+def test_quick_run_writes_a_stable_json_csv_and_plot(tmp_path, capsys):
+    paths = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "png")}
+    assert (
+        main(
+            ["--quick", "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"])]
+        )
+        == 0
+    )
+    data = json.loads(paths["json"].read_text())
+    assert set(data["meta"]) == META_KEYS
+    timed = [row for row in data["rows"] if "skipped" not in row]
+    assert {row["backend"] for row in timed} >= {"reference", "compile", "torch"}
+    assert {row["mode"] for row in timed} == {"forward", "forward+backward"}
+    for row in timed:
+        assert ROW_KEYS <= set(row)
+        assert row["min_s"] <= row["median_s"] <= row["max_s"] and row["repeats"] == 3
+    compiled = [row for row in timed if row["backend"] == "compile"]
+    assert all(row["compile_s"] > 0 for row in compiled)
+    assert paths["csv"].read_text().startswith("case,") and paths["png"].stat().st_size > 0
+    assert "reference" in capsys.readouterr().out
 
 
-def test_unusable_backend_is_skipped_with_reason(capsys):
-    assert main(["--shapes", "8x8", "--axis", "0", "--repeats", "1", "--backends", "torch", "cuda"]) == 0
-    captured = capsys.readouterr()
-    assert "skipping backend 'cuda'" in captured.err
-    assert " torch " in captured.out
+def test_unusable_backend_is_skipped_with_its_reason(tmp_path, capsys):
+    argv = [
+        "--shapes",
+        "8x12",
+        "--axis",
+        "0",
+        "--repeats",
+        "1",
+        "--backends",
+        "torch",
+        "cuda",
+        "--no-compile",
+    ]
+    assert main([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    skipped = [row for row in rows if "skipped" in row]
+    assert [row["backend"] for row in skipped] == ["cuda"] and "cannot run on cpu" in skipped[0]["skipped"]
+    assert "skipped: backend 'cuda'" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("text", ["256", "1x8", "axb"])
-def test_bad_shapes_are_rejected(text):
-    with pytest.raises(Exception, match="shape"):
-        parse_shape(text)
+def test_grouped_and_multi_view_cases_run(tmp_path):
+    assert (
+        main(["--shapes", "40x8:2", "--repeats", "1", "--no-compile", "--json", str(tmp_path / "r.json")])
+        == 0
+    )
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert {row["case"] for row in rows} == {"40x8:2"}
+
+
+def test_flop_and_byte_models_against_hand_counts():
+    # p=4 samples whitened over q=6 features: n=4, m=6, T=3 (2 paid Newton steps).
+    case = Case(n=4, d=6, axis=0, iterations=3)
+    assert flops(case, backward=False) == 4 * 5 * 6 + 6 * 4**3 * 2 + 2 * 4**2 * 6  # 1080
+    assert flops(case, backward=True) == 1080 + 6 * 4**2 * 6 + 10 * 4**3 * 2  # 2936
+    assert bytes_moved(case, backward=False, element_size=4) == 2 * 24 * 4 + 3 * 16 * 4
+    assert bytes_moved(case, backward=True, element_size=2) == 5 * 24 * 2 + 6 * 16 * 4
+    # axis 1 of the same batch: 6 features over 4 samples, the same smaller space.
+    assert flops(Case(n=4, d=6, axis=1, iterations=3), backward=True) == 2936
+    # The IterNorm layer: 2 groups of 4 channels over 10 samples, T=5, 3 views.
+    layer = Case(n=10, d=8, groups=2, views=3, iterations=5)
+    assert flops(layer, backward=False) == 3 * 2 * (4 * 5 * 10 + 6 * 4**3 * 4 + 2 * 4**2 * 10)
+    assert flops(Case(n=4, d=6, iterations=1), backward=True) == 4 * 5 * 6 + 2 * 16 * 6 + 6 * 16 * 6
+
+
+def test_presets_and_shapes():
+    assert parse_shape("100352x512:8") == (100352, 512, 8)
+    with pytest.raises(ValueError, match="groups dividing D"):
+        parse_shape("10x512:7")
+    with pytest.raises(ValueError, match="shape must look like"):
+        parse_shape("axb")
+    assert {"intl-cifar", "intl-in100", "intl-imagenet", "multicrop", "large-batch", "square",
+            "iternorm-layer", "cpu-small", "all"} <= set(PRESETS)  # fmt: skip
+    layer = expand(PRESETS["iternorm-layer"], [0, 1], None)
+    assert layer == [Case(n=100352, d=512, groups=8, iterations=5)]
+    assert layer[0].group_shape == (8, 64, 100352)
+    assert [c.views for c in expand(PRESETS["multicrop"], [0], 4)] == [6]
+
+
+def test_train_step_benchmark_runs(tmp_path, capsys):
+    argv = [
+        "--train-step",
+        "--batch",
+        "4",
+        "--image-size",
+        "32",
+        "--backbone",
+        "resnet18",
+        "--projector",
+        "64",
+        "64",
+    ]
+    assert main([*argv, "--repeats", "1", "--backends", "torch", "--json", str(tmp_path / "t.json")]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["train_step"]
+    assert [row["backend"] for row in rows] == ["reference", "torch"]
+    assert all(0 < row["whitening_share"] and row["images_per_s"] > 0 for row in rows)
