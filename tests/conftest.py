@@ -14,10 +14,19 @@ SEED = int(os.environ.get("INTL_TEST_SEED", random.SystemRandom().randrange(2**3
 
 # The staged backends usable for CPU tensors here ("reference" is the ground truth itself).
 STAGED_BACKENDS = [b for b in intl_kernels.available_backends("cpu") if b != "reference"]
+# Every (device, backend) pair to judge: CUDA ones join where a GPU is present (the GPU check).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICE_BACKENDS = [
+    pytest.param(device, backend, id=f"{device}-{backend}")
+    for device in DEVICES
+    for backend in intl_kernels.available_backends(device)
+    if backend != "reference"
+]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"intl_kernels test seed: {SEED} (rerun with INTL_TEST_SEED={SEED}); backends: {STAGED_BACKENDS}"
+    pairs = [p.id for p in DEVICE_BACKENDS]
+    return f"intl_kernels test seed: {SEED} (rerun with INTL_TEST_SEED={SEED}); device-backends: {pairs}"
 
 
 @pytest.fixture(autouse=True)

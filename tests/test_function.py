@@ -8,7 +8,7 @@ import torch
 from intl_kernels import iternorm, iternorm_reference
 from intl_kernels.function import whiten_groups
 from intl_kernels.reference import whiten_groups_reference
-from tests.conftest import STAGED_BACKENDS, assert_close
+from tests.conftest import DEVICE_BACKENDS, STAGED_BACKENDS, assert_close
 
 # N < D, N > D, N = D, odd sizes, N or D = 2.
 SHAPES = [(8, 13), (13, 8), (9, 9), (2, 7), (7, 2), (2, 2), (33, 17)]
@@ -27,14 +27,14 @@ def _rtol(iterations: int) -> float:
     return 1e-9 if iterations <= 5 else 1e-6
 
 
-@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("iterations", [0, 1, 4, 5, 8])
 @pytest.mark.parametrize("eps", [0.0, 0.05])
-def test_matches_reference_float64(backend, axis, shape, iterations, eps):
-    x = torch.randn(shape, dtype=torch.float64)
-    grad = torch.randn(shape, dtype=torch.float64)
+def test_matches_reference_float64(device, backend, axis, shape, iterations, eps):
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    grad = torch.randn(shape, dtype=torch.float64, device=device)
     ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, iterations, eps), x, grad)
     out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, iterations, eps, backend=backend), x, grad)
     assert_close(out, ref_out, _rtol(iterations))
@@ -55,12 +55,12 @@ def test_recompute_gives_the_same_gradient(backend, axis, shape):
     torch.testing.assert_close(recomputed, kept, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
 @pytest.mark.parametrize("ddof", [0, 1])
 @pytest.mark.parametrize("shape", [(3, 6, 20), (2, 9, 5), (4, 1, 3)])
-def test_groups_match_reference(backend, ddof, shape):
-    a = torch.randn(shape, dtype=torch.float64)
-    grad = torch.randn(shape, dtype=torch.float64)
+def test_groups_match_reference(device, backend, ddof, shape):
+    a = torch.randn(shape, dtype=torch.float64, device=device)
+    grad = torch.randn(shape, dtype=torch.float64, device=device)
     ref_out, ref_grad = _forward_and_grad(lambda t: whiten_groups_reference(t, 5, 1e-3, ddof), a, grad)
     out, grad_a = _forward_and_grad(lambda t: whiten_groups(t, 5, 1e-3, ddof, backend)[0], a, grad)
     assert_close(out, ref_out, 1e-9)
@@ -82,12 +82,12 @@ def test_gradcheck_groups_ddof0(backend):
     assert torch.autograd.gradcheck(lambda t: whiten_groups(t, 3, 1e-2, 0, backend)[0], (a,))
 
 
-@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
-def test_float32_within_1e5_of_float64(backend, axis, shape):
-    x = torch.randn(shape, dtype=torch.float64)
-    grad = torch.randn(shape, dtype=torch.float64)
+def test_float32_within_1e5_of_float64(device, backend, axis, shape):
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    grad = torch.randn(shape, dtype=torch.float64, device=device)
     ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x, grad)
     out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x.float(), grad.float())
     assert out.dtype == torch.float32 and grad_x.dtype == torch.float32
@@ -95,16 +95,16 @@ def test_float32_within_1e5_of_float64(backend, axis, shape):
     assert_close(grad_x, ref_grad, 1e-5)
 
 
-@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("axis", [0, 1])
-def test_half_inputs_under_autocast(backend, dtype, axis):
+def test_half_inputs_under_autocast(device, backend, dtype, axis):
     # Embeddings of a realistic scale: fp16 holds them, but squares and the cubed iterates would
     # lose range and precision if the Newton steps ran in half precision.
-    x = (torch.randn(48, 160) * 30).to(dtype)
-    grad = torch.randn(48, 160).to(dtype)
+    x = (torch.randn(48, 160, device=device) * 30).to(dtype)
+    grad = torch.randn(48, 160, device=device).to(dtype)
     ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x.double(), grad.double())
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast(device, dtype=dtype):
         out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x, grad)
     assert out.dtype == dtype and grad_x.dtype == dtype
     assert_close(out, ref_out, 1e-2)

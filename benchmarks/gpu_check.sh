@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU check: one prepared script for a lent GPU machine (no network; torch, triton and Python
+# already installed there). Run from the repository root:
+#
+#     bash benchmarks/gpu_check.sh            # writes benchmarks/results/<date>-<gpu>.{json,md,...}
+#
+# Steps, each with its own time limit, and none stopping the others when it fails:
+#   1. build intl_kernels._C in place against the machine's torch (CUDA sources when present)
+#   2. correctness of every backend usable on CUDA against the float64 reference (gpu_selftest.py)
+#   3. intl-bench --preset all on CUDA (no torch.compile baseline: its compile time per case is long)
+#   4. the torch.compile baseline on the INTL ImageNet shape (the goals are judged against it)
+#   5. the INTL training-step benchmark (needs torchvision)
+#   6. the pytest suite on CUDA when pytest is installed (tests use CUDA where it is available)
+# Budget: about 8 minutes on an H100. The last lines printed are a short summary table.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python=${PYTHON:-python3}
+stamp=$(date +%Y-%m-%d)
+gpu=$($python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))" 2>/dev/null || echo no-gpu)
+out=benchmarks/results
+prefix="$out/$stamp-$gpu"
+mkdir -p "$out"
+status=()
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, remember the outcome
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s)"
+    local begin=$SECONDS
+    timeout "$limit" "$@" > "$prefix-$name.log" 2>&1
+    local rc=$?
+    tail -n 15 "$prefix-$name.log"
+    status+=("$name: rc=$rc, $((SECONDS - begin))s")
+}
+
+{
+    echo "date: $(date -u +%FT%TZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+    $python -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+    $python -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
+} > "$prefix-versions.txt"
+cat "$prefix-versions.txt"
+
+step build 240 $python setup.py build_ext --inplace
+step selftest 90 $python benchmarks/gpu_selftest.py --device cuda --json "$prefix-selftest.json"
+step bench 200 $python -m intl_kernels.bench.cli --device cuda --preset all --repeats 5 --no-compile \
+    --json "$prefix.json" --csv "$prefix.csv" --plot "$prefix.png"
+step compile 150 $python -m intl_kernels.bench.cli --device cuda --preset intl-imagenet --repeats 10 \
+    --backends torch cuda triton --json "$prefix-compile.json"
+step train-step 120 $python -m intl_kernels.bench.cli --device cuda --train-step --repeats 5 \
+    --json "$prefix-train-step.json"
+if $python -c "import pytest" 2>/dev/null; then
+    step pytest 150 $python -m pytest -q -x tests --ignore=tests/train -p no:cacheprovider
+else
+    status+=("pytest: skipped, pytest is not installed here")
+fi
+
+results=()
+for file in "$prefix.json" "$prefix-compile.json" "$prefix-train-step.json"; do
+    [ -s "$file" ] && results+=("$file")
+done
+if [ ${#results[@]} -gt 0 ]; then
+    $python benchmarks/readme_table.py "${results[@]}" > "$prefix.md" 2>> "$prefix-summary.log"
+fi
+echo "=== summary ($prefix.*)"
+printf '%s\n' "${status[@]}"
+[ -s "$prefix.md" ] && cat "$prefix.md"
+exit 0
