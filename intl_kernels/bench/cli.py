@@ -190,11 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer = csv.DictWriter(f, fieldnames=keys)
                 writer.writeheader()
                 writer.writerows(rows)
-        if args.plot:
-            plot(rows, args.plot)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot and "rows" in result:
+        try:
+            plot(result["rows"], args.plot)
+        except ImportError as exc:  # the measurements are saved already; a plot is optional
+            print(f"intl-bench: no plot ({exc}); pip install matplotlib", file=sys.stderr)
     return 0
 
 
