@@ -8,7 +8,6 @@ uninterrupted one would, whatever the number of data workers.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 import tarfile
@@ -115,14 +114,14 @@ def image_dataset(dataset: str, data: str | None, cache_dir: str, split: str) ->
     """The images (PIL, label) of a config's dataset and split ("train" or "eval")."""
     if dataset == "demo":
         data = str(DEMO_ARCHIVE)
-    if dataset in ("cifar10", "cifar100") and not _is_image_tree(data, cache_dir):
+    if dataset in ("cifar10", "cifar100") and not _is_image_tree(data):
         return _torchvision_cifar(dataset, data, train=split == "train")
     if data is None:
         raise ValueError(f"dataset {dataset!r} needs --data")
     return SafeImageFolder(_split_dir(_image_root(data, cache_dir), split))
 
 
-def _is_image_tree(data: str | None, cache_dir: str) -> bool:
+def _is_image_tree(data: str | None) -> bool:
     if data is None:
         return False
     path = Path(data).expanduser()
@@ -220,7 +219,3 @@ class Transformed(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.images[index]
         return self.transform(image), label
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
