@@ -143,7 +143,7 @@ def train(config: Config) -> dict[str, Any]:
         model.method.backbone = torch.compile(model.method.backbone)
     metrics = Metrics(out_dir, runtime.is_main)
 
-    def save(reason: str) -> None:
+    def save() -> None:
         if runtime.is_main:
             save_atomic(_checkpoint_state(model, optimizer, step, config, history), checkpoint_path)
         if runtime.world_size > 1:
@@ -212,7 +212,7 @@ def train(config: Config) -> dict[str, Any]:
                 step - epoch * steps_per_epoch, {k: values[k] for k in ("loss", "lr", "img_per_s")}
             )
             if config.ckpt_every and step % config.ckpt_every == 0:
-                save("step")
+                save()
             tick = time.time()
             if step >= last_step:
                 break
@@ -245,7 +245,7 @@ def train(config: Config) -> dict[str, Any]:
                     )
             if config.knn_every and (finished_epoch % config.knn_every == 0 or step >= last_step):
                 knn_monitor(finished_epoch)
-            save("epoch")
+            save()
 
     if runtime.is_main:
         (out_dir / "DONE").touch()
