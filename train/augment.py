@@ -95,6 +95,15 @@ def build_views(augment: str, image_size: int) -> Views:
     raise ValueError(f"unknown augmentation {augment!r}")
 
 
+def classifier_transform(augment: str, image_size: int) -> T.Compose:
+    """Training transform of the linear and semi-supervised protocols: RandomResizedCrop + flip,
+    normalised with the same statistics as `evaluation_transform` of the same data."""
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if augment == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
+    return T.Compose(
+        [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+    )
+
+
 def evaluation_transform(augment: str, image_size: int) -> T.Compose:
     """Deterministic transform for feature extraction (k-NN, probes): resize + centre crop for
     ImageNet-style data, plain normalisation for CIFAR-sized images."""

@@ -94,6 +94,8 @@ def synchronise_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine)
             synced.load_state_dict(child.state_dict())
+            if child.affine:  # a frozen module (the EMA target) stays frozen
+                synced.requires_grad_(child.weight.requires_grad)
             setattr(model, name, synced)
         else:
             synchronise_batch_norm(child, device)

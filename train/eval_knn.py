@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     device = device_of(args.device)
     train_f, train_y = features_of(source, "train", device, args.workers, args.feature_cache)
     test_f, test_y = features_of(source, "eval", device, args.workers, args.feature_cache)
+    # Features are kept on the CPU between passes; the voting runs on the evaluation device.
+    train_f, train_y, test_f, test_y = (t.to(device) for t in (train_f, train_y, test_f, test_y))
     results = {
         "checkpoint": source.name,
         "dataset": source.config.dataset,

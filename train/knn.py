@@ -55,7 +55,8 @@ def knn_accuracy(
         else:
             distance, index = torch.cdist(queries, bank).topk(k, dim=1, largest=False)
             closeness = -distance
-        weights = (closeness / temperature).exp() if temperature else torch.ones(index.shape)
-        votes = torch.zeros(len(queries), classes).scatter_add_(1, train_labels[index], weights)
+        weights = (closeness / temperature).exp() if temperature else torch.ones_like(closeness)
+        votes = torch.zeros(len(queries), classes, device=queries.device)
+        votes.scatter_add_(1, train_labels[index], weights)
         correct += (votes.argmax(1) == test_labels[start : start + chunk]).sum().item()
     return 100.0 * correct / len(test_features)

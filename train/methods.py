@@ -13,6 +13,11 @@ from train.config import Config
 from train.models import backbone, projector
 
 
+def _full_precision(z: Tensor) -> Tensor:
+    """fp16/bf16 embeddings (autocast) as fp32; fp32 and fp64 unchanged."""
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
 class INTL(nn.Module):
     """Every view through backbone, projector and FusedIterNorm; loss = INTL loss of the package."""
 
@@ -26,9 +31,10 @@ class INTL(nn.Module):
         self.beta = config.beta if config.beta is not None else default_beta
 
     def embed(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Backbone features and projector embeddings of every view."""
+        """Backbone features and projector embeddings of every view; embeddings in fp32, so that
+        the whitening output and the losses keep full precision under bf16 autocast."""
         features = [self.backbone(v) for v in views]
-        return features, [self.projector(f) for f in features]
+        return features, [_full_precision(self.projector(f)) for f in features]
 
     def loss(self, views: list[Tensor], step: int, total_steps: int) -> dict[str, Tensor]:
         features, embeddings = self.embed(views)
@@ -77,7 +83,9 @@ class INTLMomentum(INTL):
 
     def loss(self, views: list[Tensor], step: int, total_steps: int) -> dict[str, Tensor]:
         with torch.no_grad():
-            target = self.whitening(self.target["projector"](self.target["backbone"](views[0])))
+            target = self.whitening(
+                _full_precision(self.target["projector"](self.target["backbone"](views[0])))
+            )
         features, embeddings = self.embed(views[1:])
         whitened = [self.whitening(z) for z in embeddings]
         alignment = sum(norm_mse_loss(t, target) for t in whitened) / len(whitened)

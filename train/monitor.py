@@ -39,6 +39,16 @@ class Metrics:
                     self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
 
 
+def drop_rows_after(path: Path, step: int) -> None:
+    """Forget the metrics logged after `step` (work lost since the checkpoint a run resumes from),
+    so that a resumed run does not log those steps twice."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["step"] <= step]
+        if len(kept) != len(rows):
+            path.write_text("".join(line + "\n" for line in kept))
+
+
 class Progress:
     """A tqdm bar on a terminal, plain periodic lines otherwise; silent off rank 0."""
 

@@ -28,7 +28,7 @@ from train.data import Augmented, Transformed, image_dataset, train_loader
 from train.distributed import Runtime, init_runtime, synchronise_batch_norm
 from train.knn import extract_features, knn_accuracy
 from train.methods import INTL, build_method
-from train.monitor import CollapseError, Metrics, Progress
+from train.monitor import CollapseError, Metrics, Progress, drop_rows_after
 from train.optim import build_optimizer, learning_rate, set_learning_rate
 from train.spectrum import plot_spectra, spectrum_entry
 
@@ -134,13 +134,15 @@ def train(config: Config) -> dict[str, Any]:
         step, history = state["step"], state["history"]
         torch.set_rng_state(state["rng_torch"])
         if runtime.is_main:
+            drop_rows_after(out_dir / "metrics.jsonl", step)
+        if runtime.is_main:
             print(f"resuming {checkpoint_path} at step {step}/{last_step}", flush=True)
 
     network: nn.Module = model
     if runtime.world_size > 1:
         network = DistributedDataParallel(model, device_ids=[runtime.device.index] if cuda else None)
     if config.compile:
-        model.method.backbone = torch.compile(model.method.backbone)
+        model.method.backbone.compile()  # in place: parameter names, and so checkpoints, unchanged
     metrics = Metrics(out_dir, runtime.is_main)
 
     def save() -> None:

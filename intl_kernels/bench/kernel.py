@@ -107,6 +107,7 @@ def bench_case(
     compile_seconds = None
     if with_compile:
         try:
+            torch._dynamo.reset()  # a fresh compile per case: Dynamo caps recompiles per function
             compiled = torch.compile(_whitening(case, None), dynamic=False)
             begin = time.perf_counter()
             _call(compiled, xs, grads, backward=True)()  # compiles forward and backward graphs

@@ -20,6 +20,7 @@ META_KEYS = {"command", "date", "intl_kernels", "torch", "python", "device", "cp
 
 
 def test_quick_run_writes_a_stable_json_csv_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="--plot draws with matplotlib")
     paths = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "png")}
     assert (
         main(
@@ -100,6 +101,7 @@ def test_presets_and_shapes():
 
 
 def test_train_step_benchmark_runs(tmp_path, capsys):
+    pytest.importorskip("torchvision", reason="the train step builds a torchvision ResNet")
     argv = [
         "--train-step",
         "--batch",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from intl_kernels import FusedIterNorm, intl_loss, iternorm_reference, trace_loss
-from train.augment import MULTICROP_SIZES, build_views, evaluation_transform
+from train.augment import MULTICROP_SIZES, build_views, classifier_transform, evaluation_transform
 from train.config import load_config
 from train.methods import INTL, INTLMomentum, build_method, ema_momentum
 from train.models import backbone, projector
@@ -114,6 +114,10 @@ def test_augmentations():
     imagenet = build_views("imagenet", 64)(image)
     assert [tuple(v.shape) for v in imagenet] == [(3, 64, 64)] * 2
     assert evaluation_transform("imagenet", 224)(image).shape == (3, 224, 224)
+    for augment in ("cifar", "imagenet"):  # the linear protocols train and validate alike
+        train_norm = classifier_transform(augment, 32).transforms[-1]
+        eval_norm = evaluation_transform(augment, 32).transforms[-1]
+        assert (train_norm.mean, train_norm.std) == (eval_norm.mean, eval_norm.std)
     assert evaluation_transform("cifar", 32)(image).shape == (3, 32, 32)
     torch.manual_seed(0)
     a = build_views("cifar", 32)(image)

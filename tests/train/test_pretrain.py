@@ -28,6 +28,8 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path):
     pretrain.train(tiny_config(image_tree, tmp_path / "straight", max_steps=4))
     pretrain.train(tiny_config(image_tree, tmp_path / "resumed", max_steps=2))
+    with (tmp_path / "resumed" / "metrics.jsonl").open("a") as f:  # logged, then killed before a checkpoint
+        f.write('{"kind": "step", "step": 3, "loss": 1.0}\n')
     summary = pretrain.train(tiny_config(image_tree, tmp_path / "resumed", max_steps=4))
     assert summary["steps"] == 4
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"), 1e-6)
@@ -35,21 +37,26 @@ def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path):
     assert sum('"kind": "step"' in line for line in lines) == 4
 
 
-def _ddp_worker(rank: int, data: str, out: str, port: int) -> None:
+def _ddp_worker(rank: int, data: str, out: str, port: int, method: str) -> None:
     join_two_process_group(rank, port)
-    pretrain.train(tiny_config(Path(data), Path(out), max_steps=2))
+    pretrain.train(tiny_config(Path(data), Path(out), max_steps=2, method=method))
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(image_tree: Path, tmp_path: Path):
+@pytest.mark.parametrize("method", ["intl", "intl_m"])
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
+    image_tree: Path, tmp_path: Path, method
+):
     # Two steps: on these noise images the whitening of 8 samples is so ill-conditioned that fp32
     # rounding differences (different summation orders) grow ~50x per step; at two steps the runs
     # agree to 1e-6, while a wrong gradient scale or batch composition shows up at 1e-2 and more.
     torch.set_num_threads(1)
     try:
-        pretrain.train(tiny_config(image_tree, tmp_path / "single", max_steps=2))
+        pretrain.train(tiny_config(image_tree, tmp_path / "single", max_steps=2, method=method))
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
-    mp.spawn(_ddp_worker, args=(str(image_tree), str(tmp_path / "ddp"), free_port()), nprocs=2, join=True)
+    mp.spawn(
+        _ddp_worker, args=(str(image_tree), str(tmp_path / "ddp"), free_port(), method), nprocs=2, join=True
+    )
     _assert_same_weights(_weights(tmp_path / "single"), _weights(tmp_path / "ddp"), 1e-4)
 
 
@@ -116,3 +123,12 @@ def test_default_output_dir_resumes_the_same_unfinished_run(image_tree: Path, tm
 def test_make_image_tree_helper(tmp_path: Path):
     root = make_image_tree(tmp_path / "t", classes=2, per_class=2)
     assert len(list((root / "train").rglob("*.png"))) == 4
+
+
+def test_compiling_the_backbone_keeps_checkpoint_names():
+    from train.models import backbone
+
+    net, _ = backbone("resnet18", "imagenet")
+    names = list(net.state_dict())
+    net.compile()  # what --compile true does: in place, so checkpoints resume with or without it
+    assert list(net.state_dict()) == names
