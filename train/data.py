@@ -37,7 +37,15 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, filter="data")
+            else:  # Python before 3.10.12 / 3.11.4: refuse unsafe members ourselves
+                root = staging.resolve()
+                for member in tar.getmembers():
+                    inside = (root / member.name).resolve().is_relative_to(root)
+                    if not inside or member.issym() or member.islnk() or member.isdev():
+                        raise ValueError(f"refusing unsafe member {member.name!r} of {archive}")
+                tar.extractall(staging)
         try:
             staging.rename(target)
         except OSError:  # another process finished first
