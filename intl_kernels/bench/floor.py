@@ -11,7 +11,9 @@ from intl_kernels.bench.timing import time_interleaved
 
 @dataclass(frozen=True)
 class Limits:
-    matmul_flops: float  # FLOP/s of a large fp32 matrix product on this device
+    # FLOP/s of a large fp32 matrix product: the whitening's matrices are fp32 whatever the input
+    # dtype, so this is the peak its products can reach (half-precision inputs included).
+    matmul_flops: float
     copy_bytes: float  # bytes/s of a large device-to-device copy (read + write)
 
     def floor(self, flops: float, nbytes: float) -> float:

@@ -23,8 +23,9 @@ def bench_train_step(
     projector: tuple[int, ...] = (8192, 8192, 8192),
     repeats: int = 5,
 ) -> list[dict[str, Any]]:
-    """Median step time, images/s and the share of the step spent in whitening + loss, per backend
-    (bf16 autocast on GPU). The share is the time of whitening + loss forward and backward on the
+    """Median step time, images/s (augmented images: 2 per sample, where the trainer's img_per_s
+    counts samples) and the share of the step spent in whitening + loss, per backend (bf16 autocast
+    on GPU). The share is the time of whitening + loss forward and backward on the
     step's embeddings, over the whole step's time."""
     try:
         import torchvision
