@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from train.augment import build_views, evaluation_transform
+from train.augment import build_views
 from train.checkpoint import load_checkpoint, save_atomic
 from train.config import Config, load_config, save_config
-from train.data import Augmented, Transformed, image_dataset, train_loader
+from train.data import Augmented, image_dataset, train_loader
 from train.distributed import Runtime, init_runtime, synchronise_batch_norm
-from train.knn import extract_features, knn_accuracy
+from train.eval_knn import features_of
+from train.evaluate import Source
+from train.knn import knn_accuracy
 from train.methods import INTL, build_method
 from train.monitor import CollapseError, Metrics, Progress, drop_rows_after
 from train.optim import build_optimizer, learning_rate, set_learning_rate
@@ -75,13 +77,11 @@ def _broadcast_path(path: Path, runtime: Runtime) -> Path:
     return Path(holder[0])
 
 
-def evaluate_knn(backbone: nn.Module, config: Config, runtime: Runtime) -> float:
+def evaluate_knn(backbone: nn.Module, features: int, config: Config, runtime: Runtime) -> float:
     """Weighted k-NN accuracy (%) of the backbone's features, training split as the memory bank."""
-    transform = evaluation_transform(config.augment, config.image_size)
-    bank = Transformed(image_dataset(config.dataset, config.data, config.cache_dir, "train"), transform)
-    queries = Transformed(image_dataset(config.dataset, config.data, config.cache_dir, "eval"), transform)
-    train_f, train_y = extract_features(backbone, bank, runtime.device, workers=config.num_workers)
-    test_f, test_y = extract_features(backbone, queries, runtime.device, workers=config.num_workers)
+    source = Source(backbone, features, config, "training")
+    train_f, train_y = features_of(source, "train", runtime.device, config.num_workers, cache=None)
+    test_f, test_y = features_of(source, "eval", runtime.device, config.num_workers, cache=None)
     return knn_accuracy(train_f, train_y, test_f, test_y, k=config.knn_k)
 
 
@@ -153,7 +153,7 @@ def train(config: Config) -> dict[str, Any]:
 
     def knn_monitor(epoch: int) -> None:
         if runtime.is_main:
-            accuracy = evaluate_knn(model.method.backbone, config, runtime)
+            accuracy = evaluate_knn(model.method.backbone, model.method.features, config, runtime)
             history["knn"][str(epoch)] = accuracy
             metrics.log("knn", step, {"epoch": epoch, "knn_top1": accuracy})
             print(f"k-NN top-1 after {epoch} epochs: {accuracy:.2f}%", flush=True)
