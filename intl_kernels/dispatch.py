@@ -1,23 +1,19 @@
-"""The backend registry: name -> stages of the whitening, and which backend `"auto"` picks.
+"""The backend registry: name -> `Backend` (a forward and a backward pass), and what `"auto"` picks.
 
-A backend implements six stages (forward: gram, newton, whiten; backward: whiten_backward,
-newton_backward, gram_backward) with the signatures of `backends.torch_ops`; the autograd function
-in `function.py` chains them and does the scalar trace algebra in between. `gram` also returns the
-backend's `source`: the form of the input its later stages read (the input itself for kernels that
-centre tiles as they load them, or a centred copy), which the function saves for backward.
-`"reference"` is not a staged backend: it runs the eager official math with autograd (see
-`reference.py`).
+Python backends are assembled from stages (`backends.staged`); the compiled ones run each pass as
+one operator. `"reference"` is not a registered backend: it runs the eager official math with
+autograd (see `reference.py`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from intl_kernels.backends import cpp, torch_ops
+from intl_kernels.backends.base import Backend
+from intl_kernels.backends.staged import Stages, staged_backend
 
 REFERENCE = "reference"
 BACKEND_NAMES = (REFERENCE, "torch", "cpp", "cuda", "triton")
@@ -30,26 +26,11 @@ _AUTO_ORDER = {"cpu": ("torch",), "cuda": ("triton", "cuda", "torch")}
 _AUTO_FALLBACK = ("torch",)
 
 
-@dataclass(frozen=True)
-class Backend:
-    """The stages of one whitening implementation, and when it can run."""
-
-    name: str
-    gram: Callable
-    newton: Callable
-    whiten: Callable
-    whiten_backward: Callable
-    newton_backward: Callable
-    gram_backward: Callable
-    unusable_reason: Callable[[torch.device, torch.dtype], str | None]
-    """None when the backend runs on this device and dtype, else why it does not."""
-
-
-def _torch_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+def _always_usable(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-_TORCH_STAGES = dict(
+_TORCH_STAGES = Stages(
     gram=torch_ops.gram,
     newton=torch_ops.newton,
     whiten=torch_ops.whiten,
@@ -59,8 +40,8 @@ _TORCH_STAGES = dict(
 )
 
 _REGISTRY: dict[str, Backend] = {
-    "torch": Backend(name="torch", unusable_reason=_torch_unusable_reason, **_TORCH_STAGES),
-    "cpp": Backend(name="cpp", unusable_reason=cpp.unusable_reason, **{**_TORCH_STAGES, "gram": cpp.gram}),
+    "torch": staged_backend("torch", _TORCH_STAGES, _always_usable),
+    "cpp": cpp.BACKEND,
 }
 
 

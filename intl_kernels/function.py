@@ -8,97 +8,23 @@ of groups `a` of shape (g, p, q): p whitened dimensions, each centred over its q
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from intl_kernels.backends import torch_ops
-from intl_kernels.dispatch import Backend, resolve_backend
+from intl_kernels.backends.base import Backend
+from intl_kernels.backends.staged import newton_whitening
+from intl_kernels.dispatch import resolve_backend
 from intl_kernels.reference import whiten_groups_reference
+from intl_kernels.validation import check_float_tensor, check_groups, check_settings, check_trace
 
 __all__ = ["IterNormFunction", "iternorm", "whiten_groups", "whitening_matrix"]
 
 
-def check_float_tensor(x: Any, name: str) -> None:
-    """TypeError unless `x` is a real floating-point tensor."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
-
-
-def check_same_device(tensors: dict[str, Tensor]) -> None:
-    """ValueError naming the tensors when they are not all on one device."""
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
-        raise ValueError(f"inputs must be on one device, got {listed}")
-
-
-def check_settings(iterations: Any, eps: Any) -> None:
-    """TypeError/ValueError unless iterations is an int >= 0 and eps a finite real >= 0."""
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
-        raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite real number >= 0, got {eps!r}")
-
-
-def _check_groups(a: Tensor, samples: str = "samples") -> None:
-    if a.numel() == 0:
-        raise ValueError(f"nothing to whiten: the input has shape {tuple(a.shape)}")
-    if a.shape[-1] < 2:
-        raise ValueError(
-            f"need at least 2 {samples} to centre over and estimate a covariance from, got {a.shape[-1]}"
-        )
-
-
-def _check_trace(spread: Tensor, mean: Tensor, dtype: torch.dtype, eps: float) -> None:
-    """ValueError when eps == 0 and a group's covariance trace `spread` (g,) is zero, or so small
-    that it is rounding noise: below 4 units of `dtype`'s resolution at the group's mean, per
-    dimension. With eps > 0 the trace is at least eps * p, and no (syncing) check is needed."""
-    if eps:
-        return
-    resolution = torch.finfo(dtype).eps * mean.abs().amax((-2, -1))
-    noise_floor = mean.shape[-2] * (4 * resolution).square()
-    if bool((spread.reshape(-1) <= noise_floor).any()):
-        raise ValueError(
-            "the covariance has trace 0 (the input is constant along the centred axis, up to "
-            "rounding), so the whitening is undefined; pass eps > 0 to whiten such batches"
-        )
-
-
-def _newton_whitening(
-    k: Tensor,
-    mean: Tensor,
-    dtype: torch.dtype,
-    iterations: int,
-    eps: float,
-    backend: Backend,
-    keep_iterates: bool,
-) -> tuple[Tensor, Tensor, Tensor, list]:
-    """From a Gram matrix `k` (overwritten) of groups with row means `mean` (g, p, 1) of an input of
-    `dtype`: Sn, the trace, W and the iterates to save.
-
-    `tr = trace(k) + eps * p` is the trace of `k + eps I` in the original p-dimensional space, also
-    when `k` lives in the smaller sample space (push-through identity).
-    """
-    spread = k.diagonal(dim1=-2, dim2=-1).sum(-1)
-    _check_trace(spread, mean, dtype, eps)
-    trace = spread[:, None, None] + eps * mean.shape[-2]
-    sn = k.div_(trace)
-    if eps:
-        sn.diagonal(dim1=-2, dim2=-1).add_(eps / trace[:, :, 0])
-    p_t, iterates = backend.newton(sn, iterations, keep_iterates)
-    return sn, trace, p_t.mul_(trace.rsqrt()), iterates
-
-
 class IterNormFunction(torch.autograd.Function):
-    """Whitening of groups (g, p, q) through one backend's stages, with a hand-derived backward.
+    """Whitening of groups (g, p, q) through one backend's passes, with a hand-derived backward.
 
     Returns (out, mean, w): `out` in the input's dtype; `mean` (g, p, 1) and the whitening matrix
     `w = P_T / sqrt(tr)` (g, n, n) in the smaller space n = min(p, q) are not differentiable.
@@ -109,35 +35,19 @@ class IterNormFunction(torch.autograd.Function):
         ctx: Any, a: Tensor, iterations: int, eps: float, ddof: int, backend: Backend, recompute: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         with torch.autocast(a.device.type, enabled=False):
-            source, mean, k = backend.gram(a, ddof)
-            sn, trace, w, iterates = _newton_whitening(
-                k, mean, a.dtype, iterations, eps, backend, keep_iterates=not recompute
-            )
-            out = backend.whiten(source, mean, w).to(a.dtype)
+            out, mean, w, saved = backend.forward(a, iterations, eps, ddof, not recompute)
         ctx.mark_non_differentiable(mean, w)
-        ctx.save_for_backward(source, mean, sn, trace, w, *(t for pair in iterates for t in pair))
+        ctx.save_for_backward(*saved)
         ctx.settings = (iterations, ddof, backend, recompute, a.dtype)
-        return out, mean, w
+        return out.to(a.dtype), mean, w
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: Tensor, _grad_mean: Tensor, _grad_w: Tensor) -> tuple:
-        source, mean, sn, trace, w, *flat = ctx.saved_tensors
         iterations, ddof, backend, recompute, dtype = ctx.settings
-        with torch.autocast(source.device.type, enabled=False):
-            grad_ac, grad_w = backend.whiten_backward(source, mean, w, grad_out)
-            grad_trace = -0.5 * (grad_w * w).sum((-2, -1), keepdim=True) / trace
-            grad_p = (grad_w + grad_w.mT).mul_(0.5 * trace.rsqrt())
-            if recompute:
-                iterates = backend.newton(sn, iterations, keep_iterates=True)[1]
-            else:
-                iterates = list(zip(flat[0::2], flat[1::2], strict=True))
-            grad_sn = backend.newton_backward(sn, iterates, grad_p, iterations)
-            grad_trace = grad_trace - (grad_sn * sn).sum((-2, -1), keepdim=True) / trace
-            grad_k = grad_sn.div_(trace)
-            grad_k.diagonal(dim1=-2, dim2=-1).add_(grad_trace[:, :, 0])
-            grad_a = backend.gram_backward(source, mean, grad_k, grad_ac, ddof).to(dtype)
-        return grad_a, None, None, None, None, None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grad_a = backend.backward(ctx.saved_tensors, grad_out, iterations, ddof, recompute)
+        return grad_a.to(dtype), None, None, None, None, None
 
 
 def whiten_groups(
@@ -156,12 +66,12 @@ def whiten_groups(
     if a.dim() != 3:
         raise ValueError(f"groups must be 3-D (groups, dims, samples), got shape {tuple(a.shape)}")
     check_settings(iterations, eps)
-    _check_groups(a)
+    check_groups(a)
     iterations, eps = int(iterations), float(eps)
     chosen = resolve_backend(backend, a.device, a.dtype)
     if chosen is None:
         mean = a.detach().mean(-1, keepdim=True)
-        _check_trace((a.detach() - mean).square().sum((-2, -1)) / (a.shape[-1] - ddof), mean, a.dtype, eps)
+        check_trace((a.detach() - mean).square().sum((-2, -1)) / (a.shape[-1] - ddof), mean, a.dtype, eps)
         return whiten_groups_reference(a, iterations, eps, ddof), mean, None
     return IterNormFunction.apply(a, iterations, eps, ddof, chosen, recompute)
 
@@ -213,5 +123,4 @@ def whitening_matrix(a: Tensor, iterations: int, eps: float, ddof: int) -> Tenso
     mean = ac.mean(-1, keepdim=True)
     ac = ac - mean
     k = (ac @ ac.mT).div_(a.shape[-1] - ddof)
-    torch_backend = resolve_backend("torch", a.device, a.dtype)
-    return _newton_whitening(k, mean, a.dtype, iterations, eps, torch_backend, keep_iterates=False)[2]
+    return newton_whitening(k, mean, a.dtype, iterations, eps, torch_ops.newton, keep_iterates=False)[2]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from intl_kernels.function import check_float_tensor, check_same_device
+from intl_kernels.validation import check_float_tensor, check_same_device
 
 __all__ = ["intl_loss", "intl_loss_terms", "intl_trade_off", "norm_mse_loss", "trace_loss"]
 

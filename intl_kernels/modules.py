@@ -7,14 +7,8 @@ from torch import Tensor, nn
 
 from intl_kernels.dispatch import check_backend_name
 from intl_kernels.distributed import check_gather_argument, gather_batch, should_gather
-from intl_kernels.function import (
-    check_float_tensor,
-    check_same_device,
-    check_settings,
-    iternorm,
-    whiten_groups,
-    whitening_matrix,
-)
+from intl_kernels.function import iternorm, whiten_groups, whitening_matrix
+from intl_kernels.validation import check_float_tensor, check_same_device, check_settings
 
 __all__ = ["FusedIterNorm", "IterNorm"]
 

@@ -13,6 +13,9 @@ import warnings
 import torch
 from torch import Tensor
 
+from intl_kernels.backends import torch_ops
+from intl_kernels.backends.staged import Stages, staged_backend
+
 
 @functools.cache
 def _load_error() -> str | None:
@@ -36,3 +39,17 @@ def unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor, Tensor]:
     """Centred input, row means and centred Gram matrix in the smaller space, as `torch_ops.gram`."""
     return torch.ops.intl_kernels.gram(a, ddof)
+
+
+BACKEND = staged_backend(
+    "cpp",
+    Stages(
+        gram=gram,
+        newton=torch_ops.newton,
+        whiten=torch_ops.whiten,
+        whiten_backward=torch_ops.whiten_backward,
+        newton_backward=torch_ops.newton_backward,
+        gram_backward=torch_ops.gram_backward,
+    ),
+    unusable_reason,
+)
