@@ -14,6 +14,7 @@ import torch
 from intl_kernels.backends import cpp, torch_ops
 from intl_kernels.backends.base import Backend
 from intl_kernels.backends.staged import Stages, staged_backend
+from intl_kernels.backends.triton import backend as triton_backend
 
 REFERENCE = "reference"
 BACKEND_NAMES = (REFERENCE, "torch", "cpp", "cuda", "triton")
@@ -41,7 +42,9 @@ _TORCH_STAGES = Stages(
 
 _REGISTRY: dict[str, Backend] = {
     "torch": staged_backend("torch", _TORCH_STAGES, _always_usable),
-    "cpp": cpp.BACKEND,
+    "cpp": cpp.CPP,
+    "cuda": cpp.CUDA,
+    "triton": triton_backend.BACKEND,
 }
 
 

@@ -149,3 +149,13 @@ def test_output_is_modifiable_in_place_and_inputs_stay_untouched(backend, axis, 
     assert_close(first, ref_grad, 1e-9)
     assert_close(leaf.grad, 2 * ref_grad, 1e-9)
     assert torch.equal(x, x_before) and torch.equal(grad, grad_before)
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+def test_double_backward_is_refused_clearly(backend):
+    x = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    out = iternorm(x, 0, 4, backend=backend)
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        torch.autograd.grad(out, x, torch.randn_like(out), create_graph=True)
+    (grad,) = torch.autograd.grad(iternorm(x, 0, 4, backend=backend), x, torch.randn_like(out))
+    assert torch.isfinite(grad).all()

@@ -1,8 +1,9 @@
-"""The compiled backend `intl_kernels._C`: a thin wrapper over its `torch.ops.intl_kernels` operators.
+"""The compiled backends "cpp" (CPU) and "cuda" (GPU): each pass of the whitening is one operator of
+the extension `intl_kernels._C` (`torch.ops.intl_kernels.whiten_forward` / `whiten_backward`, with
+Meta kernels so that FakeTensor and torch.compile can trace them).
 
-So far the extension provides the fused centring + Gram operator on CPU; the other stages come from
-`torch_ops`. Without the extension the package still works (this backend is reported unusable and
-one warning says why).
+Without the extension the package still works: these backends are reported unusable, and one
+warning says why.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from intl_kernels.backends import torch_ops
-from intl_kernels.backends.staged import Stages, staged_backend
+from intl_kernels.backends.base import Backend
 
 
 @functools.cache
@@ -29,27 +29,51 @@ def _load_error() -> str | None:
     return None
 
 
-def unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+def has_kernels_for(dispatch_key: str) -> bool:
+    """Whether the loaded extension registered its operators for `dispatch_key` ("CPU", "CUDA")."""
+    return _load_error() is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "intl_kernels::whiten_forward", dispatch_key
+    )
+
+
+def cpp_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the "cpp" backend cannot run on this device, or None."""
     if device.type != "cpu":
-        return f"it runs on CPU tensors only, not {device.type}"
+        return f"it runs on CPU tensors only, not {device.type} (the GPU one is 'cuda')"
     return _load_error()
 
 
-def gram(a: Tensor, ddof: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Centred input, row means and centred Gram matrix in the smaller space, as `torch_ops.gram`."""
-    return torch.ops.intl_kernels.gram(a, ddof)
+def cuda_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the "cuda" backend cannot run on this device, or None."""
+    if device.type != "cuda":
+        return f"it runs on CUDA tensors only, not {device.type} (the CPU one is 'cpp')"
+    if _load_error() is not None:
+        return _load_error()
+    if not has_kernels_for("CUDA"):
+        return (
+            "intl_kernels._C was built without CUDA (no CUDA toolkit found at install time); "
+            "reinstall with FORCE_CUDA=1 and nvcc on the PATH"
+        )
+    return None
 
 
-BACKEND = staged_backend(
-    "cpp",
-    Stages(
-        gram=gram,
-        newton=torch_ops.newton,
-        whiten=torch_ops.whiten,
-        whiten_backward=torch_ops.whiten_backward,
-        newton_backward=torch_ops.newton_backward,
-        gram_backward=torch_ops.gram_backward,
-    ),
-    unusable_reason,
-)
+def forward(
+    a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """The forward operator; saved tensors: (w, source, sn, trace, stacked iterates)."""
+    out, mean, w, *saved = torch.ops.intl_kernels.whiten_forward(a, iterations, eps, ddof, keep_iterates)
+    return out, mean, w, (w, *saved)
+
+
+def backward(
+    saved: tuple[Tensor, ...], grad_out: Tensor, iterations: int, ddof: int, recompute: bool
+) -> Tensor:
+    """The backward operator on what `forward` saved."""
+    w, source, sn, trace, iterates = saved
+    return torch.ops.intl_kernels.whiten_backward(
+        source, sn, trace, w, iterates, grad_out, iterations, ddof, recompute
+    )
+
+
+CPP = Backend(name="cpp", forward=forward, backward=backward, unusable_reason=cpp_unusable_reason)
+CUDA = Backend(name="cuda", forward=forward, backward=backward, unusable_reason=cuda_unusable_reason)
