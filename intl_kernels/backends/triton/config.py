@@ -1,0 +1,96 @@
+"""Tile sizes, thresholds and the product precision of the "triton" backend, per GPU generation.
+
+Nothing here has been measured on a GPU yet: the sm_80/sm_90 rows are starting points chosen from the
+usual Triton matmul shapes (128x128 output tiles need too many registers for the fp32 operands these
+kernels load, so 64-wide tiles with 32-deep reductions), and must be re-tuned with `intl-bench` on an
+A100/H100. Under the Triton interpreter one fixed small configuration is used (the interpreter
+ignores warps and stages, and small tiles keep its numpy work small).
+
+Environment:
+    INTL_TRITON_PRECISION  ieee (default), tf32 or tf32x3: how fp32 products use tensor cores.
+        "ieee" is exact fp32 FMA; "tf32" rounds operands to 10 mantissa bits (about 1e-3 relative
+        per product, too coarse for trace-normalised Newton iterates whose eigenvalues reach 1e-4
+        and below at D = 8192); "tf32x3" splits each operand into two tf32 parts (about fp32
+        accuracy at about a third of tf32's speed). The default stays "ieee" until a GPU
+        measurement of accuracy against the reference justifies another. fp64 inputs always use
+        "ieee" (tensor-core precisions apply to fp32 only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+PRECISION_VARIABLE = "INTL_TRITON_PRECISION"
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch parameters of every kernel of the backend.
+
+    block: the square output tile of the Gram and Newton products (and their reduction depth is
+        block_k); product_m/product_n: the output tile of whitening-type products (p or n rows by
+        q columns); small_newton_max: the largest n whose Newton phase runs with all matrices of a
+        group in one program (registers), larger n take the tiled symmetric kernels;
+        poison_outputs: fill every buffer the launch code allocates with NaN first (a debugging
+        aid for the tests: an element a kernel forgets to write then shows up).
+    """
+
+    block: int = 64
+    block_k: int = 32
+    product_m: int = 64
+    product_n: int = 64
+    row_block: int = 32
+    col_block: int = 128
+    small_newton_max: int = 64
+    num_warps: int = 4
+    small_num_warps: int = 8
+    num_stages: int = 3
+    poison_outputs: bool = False
+
+
+# Keyed by CUDA compute capability (major, minor); other >= 8.0 devices use the closest lower row.
+_TABLE = {
+    (8, 0): Config(block=64, block_k=32, product_m=64, product_n=64, num_warps=4, num_stages=3),
+    (9, 0): Config(block=64, block_k=64, product_m=64, product_n=128, num_warps=8, num_stages=3),
+}
+_INTERPRETER = Config(
+    block=32, block_k=16, product_m=32, product_n=32, row_block=16, col_block=32, small_newton_max=64
+)
+_override: dict | None = None
+
+
+def for_device(device: torch.device, interpreted: bool) -> Config:
+    """The configuration for tensors on `device` (the interpreter's when kernels are interpreted)."""
+    if interpreted or device.type != "cuda":
+        base = _INTERPRETER
+    else:
+        capability = torch.cuda.get_device_capability(device)
+        base = _TABLE[max(k for k in _TABLE if k <= capability)] if capability >= (8, 0) else _TABLE[(8, 0)]
+    return dataclasses.replace(base, **_override) if _override else base
+
+
+@contextlib.contextmanager
+def override(**fields: int | bool) -> Iterator[None]:
+    """Replace configuration fields for the duration of a block (tests use small tiles and poison)."""
+    global _override
+    previous = _override
+    _override = {**(previous or {}), **fields}
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def precision(dtype: torch.dtype) -> str:
+    """The `tl.dot` input precision for products in `dtype` (fp32 from the environment, fp64 ieee)."""
+    chosen = os.environ.get(PRECISION_VARIABLE, "ieee") or "ieee"
+    if chosen not in PRECISIONS:
+        raise ValueError(f"{PRECISION_VARIABLE} must be one of {', '.join(PRECISIONS)}, got {chosen!r}")
+    return chosen if dtype == torch.float32 else "ieee"
