@@ -1,6 +1,6 @@
 """The compiled backends "cpp" (CPU) and "cuda" (GPU): each pass of the whitening is one operator of
-the extension `intl_kernels._C` (`torch.ops.intl_kernels.whiten_forward` / `whiten_backward`, with
-Meta kernels so that FakeTensor and torch.compile can trace them).
+the extension `intl_kernels._C` (`torch.ops.intl_kernels.whiten_forward` / `whiten_backward`), with
+fake implementations here so that FakeTensor and torch.compile (dynamic shapes too) trace them.
 
 Without the extension the package still works: these backends are reported unusable, and one
 warning says why.
@@ -8,7 +8,6 @@ warning says why.
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import torch
@@ -16,17 +15,58 @@ from torch import Tensor
 
 from intl_kernels.backends.base import Backend
 
+_LOADED: dict[str, str | None] = {}
+"""{"error": None} once the extension loaded, {"error": why} once it failed to (a plain dict rather
+than functools.cache, which torch.compile would trace through with a warning)."""
 
-@functools.cache
+
 def _load_error() -> str | None:
     """Import the extension once; None when it loaded, else why it did not (warned once)."""
+    if "error" not in _LOADED:
+        _LOADED["error"] = _import_extension()
+    return _LOADED["error"]
+
+
+def _import_extension() -> str | None:
     try:
         from intl_kernels import _C  # noqa: F401  (registers torch.ops.intl_kernels.*)
     except ImportError as exc:
         message = f"the compiled extension intl_kernels._C is not available ({exc})"
         warnings.warn(f"{message}; falling back to the pure PyTorch backends", stacklevel=3)
         return message
+    _register_fakes()
     return None
+
+
+def _empty_in_layout_of(a: Tensor, dtype: torch.dtype) -> Tensor:
+    """As csrc/common.cpp: groups column-major when `a`'s are (a transposed view), else row-major."""
+    if a.stride(2) != 1 and a.stride(1) == 1:
+        return a.new_empty((a.shape[0], a.shape[2], a.shape[1]), dtype=dtype).mT
+    return a.new_empty(a.shape, dtype=dtype)
+
+
+def _register_fakes() -> None:
+    """Shapes, dtypes and strides of the operators' outputs, for FakeTensor and torch.compile."""
+
+    @torch.library.register_fake("intl_kernels::whiten_forward")
+    def _forward_fake(a, iterations, eps, ddof, keep_iterates):
+        dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+        g, p, q = a.shape
+        n = min(p, q)
+        kept = 2 * max(iterations - 1, 0) if keep_iterates else 0
+        return (
+            _empty_in_layout_of(a, dtype),
+            a.new_empty((g, p, 1), dtype=dtype),
+            a.new_empty((g, n, n), dtype=dtype),
+            _empty_in_layout_of(a, dtype),
+            a.new_empty((g, n, n), dtype=dtype),
+            a.new_empty((g, 1, 1), dtype=dtype),
+            a.new_empty((kept, g, n, n), dtype=dtype),
+        )
+
+    @torch.library.register_fake("intl_kernels::whiten_backward")
+    def _backward_fake(source, sn, trace, w, iterates, grad_out, iterations, ddof, recompute):
+        return torch.empty_like(source)
 
 
 def has_kernels_for(dispatch_key: str) -> bool:

@@ -1,44 +1,153 @@
-"""The compiled extension's operators against the portable backend's stages."""
+"""The compiled operators (intl_kernels._C): every CPU path against the float64 reference, the
+operators' contracts for torch.compile (schemas, Meta kernels), and their errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from intl_kernels.backends import cpp, torch_ops
+from intl_kernels import iternorm, iternorm_reference
+from intl_kernels.backends import cpp
+from intl_kernels.function import whiten_groups
+from intl_kernels.reference import whiten_groups_reference
+from tests.conftest import assert_close
 
 pytestmark = pytest.mark.skipif(
-    cpp.unusable_reason(torch.device("cpu"), torch.float32) is not None,
-    reason=f"{cpp.unusable_reason(torch.device('cpu'), torch.float32)}",
+    cpp.cpp_unusable_reason(torch.device("cpu"), torch.float32) is not None,
+    reason=f"{cpp.cpp_unusable_reason(torch.device('cpu'), torch.float32)}",
 )
 
+# The CPU default (per-group loops + BLAS), its products through at::mm (what a torch without BLAS
+# symbols runs), and the ATen composition the CUDA operators run.
+CPU_PATHS = {
+    "loops-blas": {},
+    "loops-aten-gemm": {"INTL_KERNELS_CPU_GEMM": "aten"},
+    "aten-composition": {"INTL_KERNELS_CPU_PATH": "aten"},
+}
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 7, 19), (3, 19, 7), (2, 5, 5), (4, 1, 2)])
+
+@pytest.fixture(params=list(CPU_PATHS))
+def cpu_path(request, monkeypatch):
+    monkeypatch.delenv("INTL_KERNELS_CPU_GEMM", raising=False)
+    monkeypatch.delenv("INTL_KERNELS_CPU_PATH", raising=False)
+    for name, value in CPU_PATHS[request.param].items():
+        monkeypatch.setenv(name, value)
+    return request.param
+
+
+def _forward_and_grad(fn, x, grad):
+    x = x.detach().requires_grad_(True)
+    out = fn(x)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    return out, grad_x
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(7, 19), (19, 7), (2, 2), (16, 16)])
+@pytest.mark.parametrize("iterations", [0, 1, 2, 5])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_every_cpu_path_matches_reference(cpu_path, axis, shape, iterations, eps, recompute):
+    x = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, dtype=torch.float64)
+    ref = _forward_and_grad(lambda t: iternorm_reference(t, axis, iterations, eps), x, grad)
+    got = _forward_and_grad(
+        lambda t: iternorm(t, axis, iterations, eps, backend="cpp", recompute=recompute), x, grad
+    )
+    for actual, expected in zip(got, ref, strict=True):
+        assert_close(actual, expected, 1e-10)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+@pytest.mark.parametrize("shape", [(3, 6, 20), (2, 9, 5)])
 @pytest.mark.parametrize("ddof", [0, 1])
-def test_gram_matches_torch_ops(dtype, shape, ddof):
-    a = (torch.randn(shape, dtype=torch.float64) + 3).to(dtype)
-    centred, mean, k = cpp.gram(a, ddof)
-    ref_centred, ref_mean, ref_k = torch_ops.gram(a, ddof)
-    expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    assert centred.dtype == mean.dtype == k.dtype == expected_dtype
-    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    torch.testing.assert_close(mean, ref_mean, **tol)
-    torch.testing.assert_close(centred, ref_centred, **tol)
-    torch.testing.assert_close(k, ref_k, **tol)
-    assert torch.equal(k, k.mT), "the Gram matrix must be exactly symmetric"
+def test_groups_in_any_layout_fp32(cpu_path, layout, shape, ddof):
+    base = torch.randn(shape[0], shape[2], shape[1]).mT if layout == "transposed" else torch.randn(shape)
+    if layout == "strided":  # neither unit stride: the CPU path copies once
+        base = torch.randn(shape[0], shape[1] * 2, shape[2] * 3)[:, ::2, ::3]
+    grad = torch.randn(shape)
+    ref = _forward_and_grad(lambda t: whiten_groups_reference(t, 4, 0.0, ddof), base.double(), grad.double())
+    got = _forward_and_grad(lambda t: whiten_groups(t, 4, 0.0, ddof, backend="cpp")[0], base, grad)
+    for actual, expected in zip(got, ref, strict=True):
+        assert actual.dtype == torch.float32
+        assert_close(actual, expected, 1e-4)
 
 
-def test_gram_fake_tensor_shapes():
-    # The meta implementation lets torch.compile and FakeTensor trace the operator.
-    a = torch.empty(3, 9, 4, device="meta", dtype=torch.bfloat16)
-    centred, mean, k = torch.ops.intl_kernels.gram(a, 1)
-    assert centred.shape == (3, 9, 4) and mean.shape == (3, 9, 1) and k.shape == (3, 4, 4)
-    assert k.dtype == torch.float32
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_compute_in_fp32(cpu_path, dtype):
+    x = (torch.randn(12, 40) + 2).to(dtype)
+    grad = torch.randn(12, 40).to(dtype)
+    # The reference in float64 on the same rounded input: internal fp32 math leaves only the
+    # rounding of the output to `dtype`.
+    ref = _forward_and_grad(lambda t: iternorm_reference(t, 1, 4), x.double(), grad.double())
+    got = _forward_and_grad(lambda t: iternorm(t, 1, 4, backend="cpp"), x, grad)
+    for actual, expected in zip(got, ref, strict=True):
+        assert actual.dtype == dtype
+        assert_close(actual, expected, 1e-2)
 
 
-def test_gram_rejects_bad_input_clearly():
-    with pytest.raises(RuntimeError, match=r"gram: expected groups of shape \(g, p, q\)"):
-        torch.ops.intl_kernels.gram(torch.randn(4, 5), 1)
-    with pytest.raises(RuntimeError, match="gram: need at least 2 samples"):
-        torch.ops.intl_kernels.gram(torch.randn(1, 4, 1), 1)
+def test_gradcheck_through_the_operators(cpu_path):
+    x = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: whiten_groups(t, 3, 0.01, 0, backend="cpp")[0], (x,))
+
+
+def _operator_args(keep_iterates: bool) -> tuple:
+    a = torch.randn(2, 5, 11)
+    return (a, 4, 0.0, 1, keep_iterates)
+
+
+@pytest.mark.parametrize("keep_iterates", [True, False])
+def test_operators_pass_opcheck(keep_iterates):
+    # Schema, Meta (fake tensor) kernels and AOT dispatch, as torch.compile needs them.
+    args = _operator_args(keep_iterates)
+    torch.library.opcheck(torch.ops.intl_kernels.whiten_forward.default, args)
+    _, _, w, source, sn, trace, iterates = torch.ops.intl_kernels.whiten_forward(*args)
+    grad = torch.randn_like(source)
+    backward_args = (source, sn, trace, w, iterates, grad, 4, 1, not keep_iterates)
+    torch.library.opcheck(torch.ops.intl_kernels.whiten_backward.default, backward_args)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_meta_kernels_answer_the_real_shapes_and_strides(transposed):
+    a = torch.randn(3, 16, 6).mT if transposed else torch.randn(3, 6, 16)
+    real = torch.ops.intl_kernels.whiten_forward(a, 3, 0.0, 1, True)
+    meta = torch.ops.intl_kernels.whiten_forward(a.to("meta"), 3, 0.0, 1, True)
+    for r, m in zip(real, meta, strict=True):
+        assert (m.shape, m.stride(), m.dtype) == (r.shape, r.stride(), r.dtype)
+
+
+def test_torch_compile_traces_the_cpp_backend():
+    x = torch.randn(10, 24)
+    grad = torch.randn(10, 24)
+    compiled = torch.compile(lambda t: iternorm(t, 1, 4, backend="cpp"), backend="aot_eager", fullgraph=False)
+    got = _forward_and_grad(compiled, x, grad)
+    expected = _forward_and_grad(lambda t: iternorm(t, 1, 4, backend="cpp"), x, grad)
+    for actual, ref in zip(got, expected, strict=True):
+        torch.testing.assert_close(actual, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_operators_reject_bad_input_clearly():
+    forward = torch.ops.intl_kernels.whiten_forward
+    with pytest.raises(ValueError, match=r"whiten_forward: expected groups of shape \(g, p, q\)"):
+        forward(torch.randn(4, 5), 4, 0.0, 1, True)
+    with pytest.raises(ValueError, match="whiten_forward: need at least 2 samples"):
+        forward(torch.randn(1, 4, 1), 4, 0.0, 1, True)
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        forward(torch.randn(1, 4, 5), -1, 0.0, 1, True)
+    with pytest.raises(ValueError, match=r"ddof must be in \[0, 5\)"):
+        forward(torch.randn(1, 4, 5), 4, 0.0, 5, True)
+    with pytest.raises(TypeError, match="expected a floating dtype"):
+        forward(torch.ones(1, 4, 5, dtype=torch.int64), 4, 0.0, 1, True)
+    with pytest.raises(ValueError, match="trace 0"):
+        forward(torch.full((1, 4, 5), 0.1), 4, 0.0, 1, True)
+    _, _, w, source, sn, trace, iterates = forward(torch.randn(1, 4, 5), 4, 0.0, 1, True)
+    backward = torch.ops.intl_kernels.whiten_backward
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        backward(source, sn, trace, w, iterates, torch.randn(1, 5, 4), 4, 1, False)
+    with pytest.raises(ValueError, match="expected 6 saved Newton iterates for 4 iterations"):
+        backward(source, sn, trace, w, iterates[:2], torch.randn(1, 4, 5), 4, 1, False)
+
+
+def test_cuda_backend_says_why_it_cannot_run_here():
+    reason = cpp.cuda_unusable_reason(torch.device("cpu"), torch.float32)
+    assert "CUDA tensors only" in reason

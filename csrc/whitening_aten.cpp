@@ -1,41 +1,16 @@
-// The forward and backward of the whitening as two operators, written once over ATen for every
-// device; a device plugs in its fused kernels through DeviceKernels (csrc/cuda/).
+// The forward and backward of the whitening as a composition of ATen operations, valid on every
+// device: the CUDA operators run it with their fused kernels plugged in through DeviceKernels
+// (GEMMs go to cuBLAS), and on CPU it can stand in for cpu/whitening_cpu.cpp
+// (INTL_KERNELS_CPU_PATH=aten) so that the CPU tests check the math the GPU runs.
 //
-// Same math as intl_kernels/backends/torch_ops.py + staged.py (the spec), with no Python between
-// the steps: that per-operation overhead is what dominates small problems. On CPU the groups are
-// split across threads (at::parallel_for), each chunk running the batched math on its own groups;
-// a single group runs on the calling thread and lets BLAS use the threads instead.
+// Same math as intl_kernels/backends/torch_ops.py + staged.py (the spec). On CPU the groups are
+// split across threads (at::parallel_for), each chunk running the batched math on its own groups.
 #include <ATen/Parallel.h>
-#include <c10/util/Half.h>
-#include <c10/util/BFloat16.h>
-
-#include <limits>
 
 #include "ops.h"
 
 namespace intl_kernels {
 namespace {
-
-struct Forward {
-  at::Tensor out, mean, w;
-  Saved saved;
-};
-
-// The forward's outputs, allocated once for all groups (also the Meta kernel's answer). `out` and
-// `source` take the input's memory layout, so a transposed input (axis 1) needs no copy either way.
-Forward allocate_forward(const at::Tensor& a, int64_t iterations, bool keep_iterates) {
-  const auto options = a.options().dtype(compute_dtype(a.scalar_type()));
-  const int64_t g = a.size(0), p = a.size(1), n = std::min(a.size(1), a.size(2));
-  Forward f;
-  f.out = at::empty_like(a, options);
-  f.mean = at::empty({g, p, 1}, options);
-  f.w = at::empty({g, n, n}, options);
-  f.saved.source = at::empty_like(a, options);
-  f.saved.sn = at::empty({g, n, n}, options);
-  f.saved.trace = at::empty({g, 1, 1}, options);
-  f.saved.iterates = at::empty({keep_iterates ? iterate_count(iterations) : 0, g, n, n}, options);
-  return f;
-}
 
 // Runs fn(begin, end) over chunks of the g groups: in parallel on CPU, as one batch elsewhere.
 template <typename Fn>
@@ -63,24 +38,13 @@ void product_into(at::Tensor target, const at::Tensor& left, const at::Tensor& r
   }
 }
 
-double resolution_of(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kDouble: return std::numeric_limits<double>::epsilon();
-    case at::kHalf: return std::numeric_limits<c10::Half>::epsilon();
-    case at::kBFloat16: return std::numeric_limits<c10::BFloat16>::epsilon();
-    default: return std::numeric_limits<float>::epsilon();
-  }
-}
-
-// The rule of intl_kernels/validation.py check_trace: with eps == 0, a trace at or below 4 units of
-// the input dtype's resolution at the group's mean (per dimension) means a constant batch.
+// The zero-trace rule of ops.h, for all groups at once (one host sync, only when eps == 0).
 void check_trace(const at::Tensor& spread, const at::Tensor& mean, at::ScalarType dtype) {
   const auto resolution = mean.abs().amax({-2, -1}).mul_(4 * resolution_of(dtype));
   const auto noise_floor = resolution.square_().mul_(static_cast<double>(mean.size(1)));
   TORCH_CHECK_VALUE(
       !at::le(spread, noise_floor).any().item<bool>(),
-      "the covariance has trace 0 (the input is constant along the centred axis, up to rounding), "
-      "so the whitening is undefined; pass eps > 0 to whiten such batches");
+      kZeroTraceMessage);
 }
 
 // P_T of Newton-Schulz on sn into p_t; when `iterates` is not empty, P_{k-1} and P_{k-1}^3 are
@@ -137,22 +101,25 @@ void forward_into(const at::Tensor& a, Forward& f, int64_t iterations, double ep
 }
 
 // Gradient with respect to sn from the symmetric gradient g of P_T, 5 products per step: for
-// P_k = 1.5 P - 0.5 P^3 Sn and H = sym(G Sn), grad P = 1.5 G - 0.5 (P^2 H + H P^2 + P H P) and
-// grad Sn += -0.5 sym(P^3 G).
+// P_k = 1.5 P - 0.5 P^3 Sn and H = sym(G Sn), grad Sn += -0.5 sym(P^3 G) and
+// grad P = 1.5 G - 0.5 (P^2 H + H P^2 + P H P) = 1.5 G - 0.25 (P Z + (Z + Z^T) P), Z = P (2 H):
+// the symmetry of the iterates turns the three terms into two products.
 at::Tensor newton_backward(const at::Tensor& sn, const at::Tensor& iterates, at::Tensor g,
                            int64_t iterations) {
   if (iterations == 0) return at::zeros_like(sn);
-  auto grad_sn = at::zeros_like(sn);
+  at::Tensor grad_sn;  // -0.5 sum of P^3 G over the steps, symmetrised at the end
   for (int64_t j = iterations - 2; j >= 0; --j) {
     const auto p = iterates[2 * j];
-    grad_sn.baddbmm_(iterates[2 * j + 1], g, 1.0, -0.5);
+    const auto cube = iterates[2 * j + 1];
+    grad_sn = grad_sn.defined() ? grad_sn.baddbmm_(cube, g, 1.0, -0.5)
+                                : at::baddbmm(sn, cube, g, 0.0, -0.5);
     const auto h = at::bmm(g, sn);
-    const auto h2 = h + h.mT();  // 2 H
-    const auto z = at::bmm(p, h2);  // 2 P H
-    const auto y = at::bmm(p, z);  // 2 P^2 H
-    g = at::baddbmm(y, z, p).add_(y.mT()).mul_(-0.25).add_(g, 1.5);
+    const auto z = at::bmm(p, at::add(h, h.mT()));
+    g = at::baddbmm(g, at::add(z, z.mT()), p, 1.5, -0.25).baddbmm_(p, z, 1.0, -0.25);
   }
-  return grad_sn.add_(grad_sn.mT().clone()).mul_(0.5).sub_(g, 0.5);  // P_1 = 1.5 I - 0.5 Sn
+  // P_1 = 1.5 I - 0.5 Sn contributes -0.5 G.
+  if (!grad_sn.defined()) return g.mul(-0.5);
+  return at::sub(grad_sn, g).add_(grad_sn.mT()).mul_(0.5);
 }
 
 void backward_into(at::Tensor grad, const at::Tensor& source, const at::Tensor& sn,
@@ -188,26 +155,6 @@ void backward_into(at::Tensor grad, const at::Tensor& source, const at::Tensor& 
   grad.sub_(grad.mean(-1, /*keepdim=*/true));
 }
 
-void check_backward_inputs(const at::Tensor& source, const at::Tensor& sn, const at::Tensor& trace,
-                           const at::Tensor& w, const at::Tensor& iterates, const at::Tensor& grad_out,
-                           int64_t iterations, bool recompute) {
-  check_groups(source, "whiten_backward");
-  const int64_t g = source.size(0), n = std::min(source.size(1), source.size(2));
-  TORCH_CHECK_VALUE(grad_out.sizes() == source.sizes(), "whiten_backward: grad_out has shape ",
-                    grad_out.sizes(), ", the input had ", source.sizes());
-  for (const auto& m : {sn, w}) {
-    TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == g && m.size(1) == n && m.size(2) == n,
-                      "whiten_backward: expected saved matrices of shape (", g, ", ", n, ", ", n,
-                      "), got ", m.sizes());
-  }
-  TORCH_CHECK_VALUE(trace.numel() == g, "whiten_backward: expected ", g, " traces, got ",
-                    trace.numel());
-  const int64_t expected = recompute ? 0 : iterate_count(iterations);
-  TORCH_CHECK_VALUE(iterates.dim() == 4 && iterates.size(0) == expected,
-                    "whiten_backward: expected ", expected, " saved Newton iterates for ", iterations,
-                    " iterations, got a stack of shape ", iterates.sizes());
-}
-
 }  // namespace
 
 void centre_aten(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
@@ -215,34 +162,21 @@ void centre_aten(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
   at::sub_out(source, a, mean);
 }
 
-ForwardResult whiten_forward(const at::Tensor& a, int64_t iterations, double eps, int64_t ddof,
-                             bool keep_iterates, const DeviceKernels& kernels) {
-  check_groups(a, "whiten_forward");
-  TORCH_CHECK_VALUE(iterations >= 0, "whiten_forward: iterations must be >= 0, got ", iterations);
-  TORCH_CHECK_VALUE(eps >= 0, "whiten_forward: eps must be >= 0, got ", eps);
-  TORCH_CHECK_VALUE(ddof >= 0 && ddof < a.size(2), "whiten_forward: ddof must be in [0, ",
-                    a.size(2), "), got ", ddof);
-  Forward f = allocate_forward(a, iterations, keep_iterates);
-  if (a.device().type() != at::kMeta) {
-    for_group_chunks(a, [&](int64_t begin, int64_t end) {
-      const auto slice = [&](const at::Tensor& t) { return groups_of(t, begin, end); };
-      Forward chunk{slice(f.out), slice(f.mean), slice(f.w),
-                    Saved{slice(f.saved.source), slice(f.saved.sn), slice(f.saved.trace),
-                          groups_of(f.saved.iterates, begin, end, 1)}};
-      forward_into(slice(a), chunk, iterations, eps, ddof, kernels);
-    });
-  }
-  const auto& s = f.saved;
-  return {f.out, f.mean, f.w, s.source, s.sn, s.trace, s.iterates};
+void forward_aten(const at::Tensor& a, Forward& f, int64_t iterations, double eps, int64_t ddof,
+                  const DeviceKernels& kernels) {
+  for_group_chunks(a, [&](int64_t begin, int64_t end) {
+    const auto slice = [&](const at::Tensor& t) { return groups_of(t, begin, end); };
+    Forward chunk{slice(f.out), slice(f.mean), slice(f.w),
+                  Saved{slice(f.saved.source), slice(f.saved.sn), slice(f.saved.trace),
+                        groups_of(f.saved.iterates, begin, end, 1)}};
+    forward_into(slice(a), chunk, iterations, eps, ddof, kernels);
+  });
 }
 
-at::Tensor whiten_backward(const at::Tensor& source, const at::Tensor& sn, const at::Tensor& trace,
-                           const at::Tensor& w, const at::Tensor& iterates, const at::Tensor& grad_out,
-                           int64_t iterations, int64_t ddof, bool recompute,
-                           const DeviceKernels& kernels) {
-  check_backward_inputs(source, sn, trace, w, iterates, grad_out, iterations, recompute);
+at::Tensor backward_aten(const at::Tensor& source, const at::Tensor& sn, const at::Tensor& trace,
+                         const at::Tensor& w, const at::Tensor& iterates, const at::Tensor& grad_out,
+                         int64_t iterations, int64_t ddof, bool recompute, const DeviceKernels& kernels) {
   auto grad = at::empty_like(source);
-  if (source.device().type() == at::kMeta) return grad;
   for_group_chunks(source, [&](int64_t begin, int64_t end) {
     const auto slice = [&](const at::Tensor& t) { return groups_of(t, begin, end); };
     backward_into(slice(grad), slice(source), slice(sn), slice(trace), slice(w),
