@@ -1,29 +1,76 @@
-"""Builds intl_kernels._C, the C++ operators, with torch.utils.cpp_extension and ninja.
+"""Builds intl_kernels._C with torch.utils.cpp_extension and ninja.
 
-Set INTL_KERNELS_NO_EXTENSION=1 to install the pure-Python package only (the backends that need
-the extension are then reported unusable and the package falls back to PyTorch ops).
+- Always the C++ CPU operators (csrc/*.cpp, csrc/cpu/).
+- The CUDA operators too (csrc/cuda/*.cu) when torch has CUDA and a CUDA toolkit (nvcc) is found,
+  or when FORCE_CUDA=1; FORCE_CUDA=0 builds the CPU operators only. TORCH_CUDA_ARCH_LIST picks the
+  GPU architectures (default "8.0;9.0": A100 and H100 code).
+- INTL_KERNELS_NO_EXTENSION=1 installs the pure-Python package only (the compiled backends are then
+  reported unusable and the package falls back to PyTorch ops).
+A failed build stops the installation with the reason; nothing half-built is installed.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from setuptools import setup
 
 ROOT = Path(__file__).parent
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def _sources(*patterns: str) -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for pattern in patterns for p in (ROOT / "csrc").glob(pattern))
+
+
+def _point_torch_at_the_cuda_toolkit() -> None:
+    """Sets CUDA_HOME to the toolkit behind `nvcc` when the user did not set it.
+
+    torch.utils.cpp_extension guesses the toolkit as the parent of the directory holding `nvcc` on
+    the PATH; where that is a wrapper script (e.g. /usr/local/bin/nvcc exec-ing the real one), the
+    guess has no lib64 and linking fails with "cannot find -lcudart".
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    candidates.append(Path("/usr/local/cuda"))
+    for root in candidates:
+        if (root / "include" / "cuda_runtime.h").exists():
+            os.environ["CUDA_HOME"] = str(root)
+            return
+
+
+def _build_cuda() -> bool:
+    forced = os.environ.get("FORCE_CUDA")
+    if forced is not None:
+        return forced == "1"
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return (
+        torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and (Path(CUDA_HOME) / "bin" / "nvcc").exists()
+    )
 
 
 def extension_modules() -> list:
     if os.environ.get("INTL_KERNELS_NO_EXTENSION") == "1":
         return []
-    from torch.utils.cpp_extension import CppExtension
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+    cpp_sources = _sources("*.cpp", "cpu/*.cpp")
+    options = dict(include_dirs=[str(ROOT / "csrc")])
+    if not _build_cuda():
+        return [CppExtension("intl_kernels._C", cpp_sources, extra_compile_args={"cxx": ["-O3"]}, **options)]
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     return [
-        CppExtension(
+        CUDAExtension(
             "intl_kernels._C",
-            sources,
-            include_dirs=[str(ROOT / "csrc")],
-            extra_compile_args={"cxx": ["-O3"]},
+            cpp_sources + _sources("cuda/*.cu"),
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]},
+            **options,
         )
     ]
 
@@ -33,7 +80,23 @@ def build_commands() -> dict:
         return {}
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    class Build(BuildExtension):
+        def build_extensions(self) -> None:
+            try:
+                super().build_extensions()
+            except Exception as exc:
+                with_cuda = any(s.endswith(".cu") for ext in self.extensions for s in ext.sources)
+                hint = (
+                    "building the CUDA operators failed; FORCE_CUDA=0 builds the CPU operators only"
+                    if with_cuda
+                    else "building the C++ operators failed"
+                )
+                raise RuntimeError(
+                    f"intl_kernels._C: {hint} (INTL_KERNELS_NO_EXTENSION=1 installs without them): {exc}"
+                ) from exc
+
+    return {"build_ext": Build.with_options(use_ninja=True)}
 
 
+_point_torch_at_the_cuda_toolkit()
 setup(ext_modules=extension_modules(), cmdclass=build_commands())

@@ -87,6 +87,8 @@ def cuda_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None
     """Why the "cuda" backend cannot run on this device, or None."""
     if device.type != "cuda":
         return f"it runs on CUDA tensors only, not {device.type} (the CPU one is 'cpp')"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available here"
     if _load_error() is not None:
         return _load_error()
     if not has_kernels_for("CUDA"):
