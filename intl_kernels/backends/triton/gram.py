@@ -53,11 +53,11 @@ def row_means(x: Tensor, cfg: Config) -> Tensor:
 
 @triton.jit
 def _gram_kernel(
-    A, MEAN, K, PAIRS, n, red, sag, saf, sar, smg, scale,
+    A, MEAN, K, PAIRS, n, red, sag, saf, sar, smg, divisor,
     CENTRE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
     DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """K[g, i, j] = scale * sum_r Ac[g, i, r] Ac[g, j, r] for the tile pair PAIRS[program] (i <= j).
+    """K[g, i, j] = sum_r Ac[g, i, r] Ac[g, j, r] / divisor for the tile pair PAIRS[program] (i <= j).
 
     Ac[f, r] = A[f * saf + r * sar] centred by MEAN (by f when the features are the input's rows,
     by r otherwise: CENTRE). One program per upper-triangle tile pair and group; the tile is also
@@ -79,7 +79,7 @@ def _gram_kernel(
         xi = tiles.load_tile(base, fi, rs, saf, sar, n, red, mean, CENTRE, DTYPE)
         xj = tiles.load_tile(base, fj, rs, saf, sar, n, red, mean, CENTRE, DTYPE)
         acc = tl.dot(xi, tl.trans(xj), acc, input_precision=PRECISION)
-    acc = acc * scale
+    acc = acc / divisor  # an int: exact in fp64, where a float argument would arrive as fp32
     out = K + g * n * n
     mask = (fi[:, None] < n) & (fj[None, :] < n)
     tl.store(out + fi[:, None] * n + fj[None, :], acc, mask=mask)
@@ -103,7 +103,7 @@ def gram(a: Tensor, ddof: int, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
         saf, sar, centre = a.stride(2), a.stride(1), tiles.COLS
     pairs = tiles.tile_pairs(n, cfg.block, True, a.device)
     _gram_kernel[(pairs.shape[0], groups)](
-        a, mean, k, pairs, n, red, a.stride(0), saf, sar, mean.stride(0), 1.0 / (q - ddof),
+        a, mean, k, pairs, n, red, a.stride(0), saf, sar, mean.stride(0), q - ddof,
         CENTRE=centre, BLOCK=cfg.block, BLOCK_K=cfg.block_k,
         DTYPE=tiles.TL_DTYPE[mean.dtype], PRECISION=precision(mean.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -121,12 +121,11 @@ def gram_backward(
     centred); when p > q they are ac @ rowmean(grad_k), removed by centring grad_k's rows on load.
     """
     p, q = source.shape[-2:]
-    scale = 2.0 / (q - ddof)
     residual = (grad_ac, row_means(grad_ac, cfg)[..., 0])
     mean = mean[..., 0]
     if p <= q:
         return tiles.product(
-            grad_k, source, grad_ac, cfg, scale, centre_y=(tiles.ROWS, mean), residual=residual
+            grad_k, source, grad_ac, cfg, 2.0, q - ddof, centre_y=(tiles.ROWS, mean), residual=residual
         )
     grad_k_mean = row_means(grad_k, cfg)[..., 0]
     return tiles.product(
@@ -134,7 +133,8 @@ def gram_backward(
         grad_k,
         grad_ac,
         cfg,
-        scale,
+        2.0,
+        q - ddof,
         centre_x=(tiles.ROWS, mean),
         centre_y=(tiles.ROWS, grad_k_mean),
         residual=residual,

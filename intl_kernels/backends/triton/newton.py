@@ -198,6 +198,7 @@ def _small_block(n: int) -> int:
 
 def newton(sn: Tensor, iterations: int, keep_iterates: bool, cfg: Config) -> tuple[Tensor, NewtonIterates]:
     """P_T and, when `keep_iterates`, the pairs (P_{k-1}, P_{k-1}^3) for k = 2..T (`torch_ops.newton`)."""
+    sn = sn.contiguous()  # the kernels index (g, n, n) matrices densely (a no-op for the Gram stage's)
     groups, n = sn.shape[0], sn.shape[-1]
     steps = max(iterations - 1, 0)
     keep = keep_iterates and steps > 0
@@ -229,8 +230,13 @@ def newton(sn: Tensor, iterations: int, keep_iterates: bool, cfg: Config) -> tup
     return p, iterates
 
 
-def newton_backward(sn: Tensor, iterates: NewtonIterates, grad_p: Tensor, iterations: int, cfg: Config) -> Tensor:
+def newton_backward(
+    sn: Tensor, iterates: NewtonIterates, grad_p: Tensor, iterations: int, cfg: Config
+) -> Tensor:
     """Gradient with respect to `sn` from the symmetric gradient of P_T (`torch_ops.newton_backward`)."""
+    # The kernels index (g, n, n) matrices densely (no-ops for the tensors the forward produced).
+    sn, grad_p = sn.contiguous(), grad_p.contiguous()
+    iterates = [(p.contiguous(), cube.contiguous()) for p, cube in iterates]
     groups, n = sn.shape[0], sn.shape[-1]
     if n <= cfg.small_newton_max:
         out = tiles.empty(sn.shape, sn, sn.dtype, cfg)
@@ -250,7 +256,9 @@ def newton_backward(sn: Tensor, iterates: NewtonIterates, grad_p: Tensor, iterat
     grad, grad_sn, h2, z = products.new(), products.new(), products.new(), products.new()
     grad_in = grad_p
     for index, (p, cube) in enumerate(reversed(iterates)):
-        products(grad_sn, ((cube, grad_in), (grad_in, cube)), alpha=-0.25, z1=(1.0, grad_sn) if index else None)
+        products(
+            grad_sn, ((cube, grad_in), (grad_in, cube)), alpha=-0.25, z1=(1.0, grad_sn) if index else None
+        )
         products(h2, ((grad_in, sn), (sn, grad_in)))
         products(z, ((p, h2),), symmetric=False)
         update = ((p, z), (z.mT, p), (z, p))

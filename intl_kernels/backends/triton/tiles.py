@@ -43,12 +43,12 @@ def _product_kernel(
     X, Y, Z, Z_MEAN, OUT, MEAN_X, MEAN_Y,
     M, N, K,
     sxg, sxm, sxk, syg, syk, syn, szg, szm, szn, sog, som, son, mxg, myg, zmg,
-    alpha,
+    alpha, divisor,
     CENTRE_X: tl.constexpr, CENTRE_Y: tl.constexpr, HAS_Z: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """OUT = alpha * Xc @ Yc (+ Z - Z_MEAN[i]) per group, Xc/Yc centred on load as CENTRE_X/Y say.
+    """OUT = alpha / divisor * Xc @ Yc (+ Z - Z_MEAN[i]) per group, Xc/Yc centred on load as CENTRE_X/Y say.
 
     One program per (BLOCK_M x BLOCK_N) output tile and group. FLOPs: 2 M N K per group. Bytes
     read: X once per column tile (M K ceil(N / BLOCK_N)), Y once per row tile (K N ceil(M / BLOCK_M)),
@@ -63,7 +63,7 @@ def _product_kernel(
         x = load_tile(X + g * sxg, rows, ks, sxm, sxk, M, K, MEAN_X + g * mxg, CENTRE_X, DTYPE)
         y = load_tile(Y + g * syg, ks, cols, syk, syn, K, N, MEAN_Y + g * myg, CENTRE_Y, DTYPE)
         acc = tl.dot(x, y, acc, input_precision=PRECISION)
-    acc = acc * alpha
+    acc = acc * alpha / divisor  # an int divisor stays exact in fp64 (float arguments arrive as fp32)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     if HAS_Z:
         z = tl.load(Z + g * szg + rows[:, None] * szm + cols[None, :] * szn, mask=mask, other=0.0)
@@ -82,11 +82,12 @@ def product(
     out: Tensor,
     cfg: Config,
     alpha: float = 1.0,
+    divisor: int = 1,
     centre_x: tuple[int, Tensor | None] = (NONE, None),
     centre_y: tuple[int, Tensor | None] = (NONE, None),
     residual: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """Write `alpha * Xc @ Yc (+ z - z_mean[..., None])` into `out` (g, M, N), any strides.
+    """Write `alpha / divisor * Xc @ Yc (+ z - z_mean[..., None])` into `out` (g, M, N), any strides.
 
     centre_x/centre_y: (mode, means (g, rows or columns)) of each operand; residual: (z, z_mean)
     with z (g, M, N) and z_mean (g, M); z may be `out` itself (each tile is read, then written, by
@@ -105,7 +106,7 @@ def product(
         m, n, k,
         *_stride3(x), *_stride3(y), *_stride3(z), *_stride3(out),
         mean_x.stride(0), mean_y.stride(0), z_mean.stride(0),
-        alpha,
+        alpha, divisor,
         CENTRE_X=mode_x, CENTRE_Y=mode_y, HAS_Z=residual is not None,
         BLOCK_M=cfg.product_m, BLOCK_N=cfg.product_n, BLOCK_K=cfg.block_k,
         DTYPE=TL_DTYPE[out.dtype], PRECISION=precision(out.dtype),
