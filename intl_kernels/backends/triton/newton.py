@@ -198,7 +198,7 @@ def _small_block(n: int) -> int:
 
 def newton(sn: Tensor, iterations: int, keep_iterates: bool, cfg: Config) -> tuple[Tensor, NewtonIterates]:
     """P_T and, when `keep_iterates`, the pairs (P_{k-1}, P_{k-1}^3) for k = 2..T (`torch_ops.newton`)."""
-    sn = sn.contiguous()  # the kernels index (g, n, n) matrices densely (a no-op for the Gram stage's)
+    sn = sn.contiguous()  # the kernels index (g, n, n) matrices densely (a no-op on the Gram stage's output)
     groups, n = sn.shape[0], sn.shape[-1]
     steps = max(iterations - 1, 0)
     keep = keep_iterates and steps > 0
