@@ -6,8 +6,8 @@
 #
 # Steps, each with its own time limit, none stopping the others when it fails, and all within one
 # overall budget (BUDGET seconds, default 470: a step that would start later is skipped):
-#   1. build intl_kernels._C in place against the machine's torch (its C++ operators; the CUDA
-#      operators arrive with the C++/CUDA issue)
+#   1. build intl_kernels._C in place against the machine's torch: C++ and CUDA operators for this
+#      GPU's architecture only (faster); the C++ operators alone when no CUDA toolkit is there
 #   2. correctness of every backend usable on CUDA against the float64 reference (gpu_selftest.py)
 #   3. intl-bench --preset all on CUDA (no torch.compile baseline: its compile time per case is long)
 #   4. the INTL training-step benchmark (needs torchvision)
@@ -52,7 +52,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, remember t
 } > "$prefix-versions.txt"
 cat "$prefix-versions.txt"
 
-step build 150 $python setup.py build_ext --inplace
+arch=$($python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))" 2>/dev/null || echo 9.0)
+step build 200 sh -c "FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch $python setup.py build_ext --inplace \
+    || FORCE_CUDA=0 $python setup.py build_ext --inplace"
 step selftest 60 $python benchmarks/gpu_selftest.py --device cuda --json "$prefix-selftest.json"
 step bench 150 $python -m intl_kernels.bench.cli --device cuda --preset all --repeats 5 --no-compile \
     --json "$prefix.json" --csv "$prefix.csv" --plot "$prefix.png"

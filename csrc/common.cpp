@@ -22,7 +22,8 @@ void check_groups(const at::Tensor& a, const char* op) {
 // layout transposes back for free. Mirrored by _empty_in_layout_of in intl_kernels/backends/cpp.py.
 at::Tensor empty_in_layout_of(const at::Tensor& a, const at::TensorOptions& options) {
   if (a.stride(2) != 1 && a.stride(1) == 1) {
-    return at::empty({a.size(0), a.size(2), a.size(1)}, options).mT();
+    // Strided storage, not a transposed view: autograd lets callers modify outputs in place.
+    return at::empty_strided(a.sizes(), {a.size(1) * a.size(2), 1, a.size(1)}, options);
   }
   return at::empty(a.sizes(), options);
 }

@@ -20,10 +20,10 @@ REFERENCE = "reference"
 BACKEND_NAMES = (REFERENCE, "torch", "cpp", "cuda", "triton")
 ENV_VARIABLE = "INTL_BACKEND"
 
-# Fastest first, per device type. On CPU "cpp" only compiles the Gram stage so far, and in
-# benchmarks/results/2026-11-28-cpu-*.json it is no faster than "torch" (within noise, slower at
-# 256x2048 axis 1), so "auto" picks "torch" there until the compiled backend is complete.
-_AUTO_ORDER = {"cpu": ("torch",), "cuda": ("triton", "cuda", "torch")}
+# Fastest first, per device type: on CPU the compiled operators (benchmarks/results/*-cpu-*.json);
+# on CUDA the Triton kernels, then the compiled CUDA operators (no GPU measurement yet decides
+# between them: see README, Performance).
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 _AUTO_FALLBACK = ("torch",)
 
 

@@ -40,9 +40,10 @@ def _import_extension() -> str | None:
 
 def _empty_in_layout_of(a: Tensor, dtype: torch.dtype) -> Tensor:
     """As csrc/common.cpp: groups column-major when `a`'s are (a transposed view), else row-major."""
+    g, p, q = a.shape
     if a.stride(2) != 1 and a.stride(1) == 1:
-        return a.new_empty((a.shape[0], a.shape[2], a.shape[1]), dtype=dtype).mT
-    return a.new_empty(a.shape, dtype=dtype)
+        return a.new_empty_strided((g, p, q), (p * q, 1, p), dtype=dtype)
+    return a.new_empty((g, p, q), dtype=dtype)
 
 
 def _register_fakes() -> None:

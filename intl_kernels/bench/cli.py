@@ -108,6 +108,13 @@ def metadata(argv: Sequence[str], device: torch.device, dtype: str) -> dict[str,
     return meta
 
 
+def default_backends(device: torch.device) -> list[str]:
+    """Every backend but the reference; on CPU not "triton": its kernels run there only through the
+    Triton interpreter, ~300x slower than compiled, a check of correctness rather than of speed
+    (name it in --backends to time it anyway)."""
+    return [b for b in BACKEND_NAMES if b != "reference" and not (device.type == "cpu" and b == "triton")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intl-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -117,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", nargs="+", help="NxD or NxD:groups cases")
     parser.add_argument("--preset", choices=tuple(PRESETS), help="a named set of cases")
     parser.add_argument("--quick", action="store_true", help="short CPU run: 64x128 and 256x1024, 3 repeats")
-    parser.add_argument("--backends", nargs="+", choices=BACKEND_NAMES, help="default: all of them")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKEND_NAMES,
+        help="default: all of them (on CPU all but the interpreted triton)",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--json", type=Path, help="write rows and metadata here")
@@ -139,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("intl-bench: --device cuda, but torch sees no GPU", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype)
-    backends = args.backends or [b for b in BACKEND_NAMES if b != "reference"]
+    backends = args.backends or default_backends(device)
     meta = metadata(argv, device, args.dtype)
     result: dict[str, Any] = {"meta": meta}
 

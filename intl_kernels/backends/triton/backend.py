@@ -44,6 +44,8 @@ def unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
         return modules
     if device.type == "cpu" and not _interpreted():
         return "TRITON_INTERPRET=1 was set after triton was imported, so the kernels were compiled for GPUs"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is available here"
     if device.type == "cuda" and not _interpreted():
         capability = torch.cuda.get_device_capability(device)
         if capability < (8, 0):
