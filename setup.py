@@ -3,7 +3,7 @@
 - Always the C++ CPU operators (csrc/*.cpp, csrc/cpu/).
 - The CUDA operators too (csrc/cuda/*.cu) when torch has CUDA and a CUDA toolkit (nvcc) is found,
   or when FORCE_CUDA=1; FORCE_CUDA=0 builds the CPU operators only. TORCH_CUDA_ARCH_LIST picks the
-  GPU architectures (default "8.0;9.0": A100 and H100 code).
+  GPU architectures (default "8.0;9.0+PTX": A100 and H100 code, PTX for newer GPUs).
 - INTL_KERNELS_NO_EXTENSION=1 installs the pure-Python package only (the compiled backends are then
   reported unusable and the package falls back to PyTorch ops).
 A failed build stops the installation with the reason; nothing half-built is installed.
@@ -11,12 +11,13 @@ A failed build stops the installation with the reason; nothing half-built is ins
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
 
 ROOT = Path(__file__).parent
-DEFAULT_CUDA_ARCHS = "8.0;9.0"
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # A100, H100, and PTX that newer GPUs compile on load
 
 
 def _sources(*patterns: str) -> list[str]:
@@ -61,15 +62,25 @@ def extension_modules() -> list:
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     cpp_sources = _sources("*.cpp", "cpu/*.cpp")
-    options = dict(include_dirs=[str(ROOT / "csrc")])
+    # OpenMP, as torch's own build: without it at::parallel_for in the extension runs serially.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    options = dict(include_dirs=[str(ROOT / "csrc")], extra_link_args=openmp)
+    cxx = ["-O3", *openmp]
     if not _build_cuda():
-        return [CppExtension("intl_kernels._C", cpp_sources, extra_compile_args={"cxx": ["-O3"]}, **options)]
+        return [CppExtension("intl_kernels._C", cpp_sources, extra_compile_args={"cxx": cxx}, **options)]
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None:
+        raise RuntimeError(
+            "intl_kernels._C: FORCE_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME, or put nvcc "
+            "on the PATH); FORCE_CUDA=0 builds the CPU operators only"
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     return [
         CUDAExtension(
             "intl_kernels._C",
             cpp_sources + _sources("cuda/*.cu"),
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             **options,
         )
     ]

@@ -76,8 +76,8 @@ void check_backward_args(const at::Tensor& source, const at::Tensor& sn, const a
                       "whiten_backward: expected saved matrices of shape (", g, ", ", n, ", ", n,
                       "), got ", m.sizes());
   }
-  TORCH_CHECK_VALUE(trace.numel() == g, "whiten_backward: expected ", g, " traces, got ",
-                    trace.numel());
+  TORCH_CHECK_VALUE(trace.dim() == 3 && trace.size(0) == g && trace.numel() == g,
+                    "whiten_backward: expected traces of shape (", g, ", 1, 1), got ", trace.sizes());
   const int64_t expected = recompute ? 0 : iterate_count(iterations);
   TORCH_CHECK_VALUE(iterates.dim() == 4 && iterates.size(0) == expected,
                     "whiten_backward: expected ", expected, " saved Newton iterates for ",

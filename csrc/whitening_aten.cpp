@@ -165,6 +165,8 @@ void centre_aten(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
 void forward_aten(const at::Tensor& a, Forward& f, int64_t iterations, double eps, int64_t ddof,
                   const DeviceKernels& kernels) {
   for_group_chunks(a, [&](int64_t begin, int64_t end) {
+    // Kernels run below autograd, also on worker threads (whose grad mode is their own).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const auto slice = [&](const at::Tensor& t) { return groups_of(t, begin, end); };
     Forward chunk{slice(f.out), slice(f.mean), slice(f.w),
                   Saved{slice(f.saved.source), slice(f.saved.sn), slice(f.saved.trace),
@@ -178,6 +180,7 @@ at::Tensor backward_aten(const at::Tensor& source, const at::Tensor& sn, const a
                          int64_t iterations, int64_t ddof, bool recompute, const DeviceKernels& kernels) {
   auto grad = at::empty_like(source);
   for_group_chunks(source, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const auto slice = [&](const at::Tensor& t) { return groups_of(t, begin, end); };
     backward_into(slice(grad), slice(source), slice(sn), slice(trace), slice(w),
                   groups_of(iterates, begin, end, 1), slice(grad_out), iterations, ddof, recompute,

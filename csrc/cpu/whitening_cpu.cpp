@@ -354,9 +354,12 @@ void backward_groups(const at::Tensor& grad, const at::Tensor& source, const at:
   }
 }
 
-// Products need each group's matrices row- or column-major; anything else is copied once.
+// Products need each group's matrices row- or column-major with rows (columns) that do not
+// overlap; anything else (e.g. the stride-0 gradient of a sum over the batch) is copied once.
 at::Tensor with_matrix_layout(const at::Tensor& t) {
-  return t.stride(2) == 1 || t.stride(1) == 1 ? t : t.contiguous();
+  const bool row_major = t.stride(2) == 1 && (t.size(1) == 1 || t.stride(1) >= t.size(2));
+  const bool column_major = t.stride(1) == 1 && (t.size(2) == 1 || t.stride(2) >= t.size(1));
+  return row_major || column_major ? t : t.contiguous();
 }
 
 }  // namespace
@@ -377,13 +380,15 @@ at::Tensor backward_cpu(const at::Tensor& source, const at::Tensor& sn, const at
                                const at::Tensor& w, const at::Tensor& iterates,
                                const at::Tensor& grad_out, int64_t iterations, int64_t ddof,
                                bool recompute) {
-  auto grad = at::empty_like(source);
+  const auto ac = with_matrix_layout(source);
+  auto grad = at::empty_like(ac);
   const auto go = with_matrix_layout(grad_out.to(source.scalar_type()));
   const auto kept = iterates.contiguous();
+  const auto sn_ = sn.contiguous(), trace_ = trace.contiguous(), w_ = w.contiguous();
   AT_DISPATCH_FLOATING_TYPES(source.scalar_type(), "whiten_backward", [&] {
     at::parallel_for(0, source.size(0), 1, [&](int64_t begin, int64_t end) {
-      backward_groups<scalar_t>(grad, source, sn, trace, w, kept, go, begin, end, iterations,
-                                ddof, recompute);
+      backward_groups<scalar_t>(grad, ac, sn_, trace_, w_, kept, go, begin, end, iterations, ddof,
+                                recompute);
     });
   });
   return grad;

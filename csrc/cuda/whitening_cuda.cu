@@ -78,7 +78,8 @@ void centre_cuda(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
   const Strides as{a.stride(0), a.stride(1), a.stride(2)};
   const Strides ss{source.stride(0), source.stride(1), source.stride(2)};
   const bool columns = a.stride(2) != 1 && a.stride(1) == 1;
-  TORCH_CHECK(g * p < (int64_t{1} << 31) && g < 65536, "centre: too many rows for one launch");
+  TORCH_CHECK(g * p < (int64_t{1} << 31) && (!columns || g < 65536),
+              "centre: too many rows for one launch");
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "centre", [&] {
     using In = scalar_t;

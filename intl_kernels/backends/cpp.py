@@ -77,10 +77,15 @@ def has_kernels_for(dispatch_key: str) -> bool:
     )
 
 
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
 def cpp_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the "cpp" backend cannot run on this device, or None."""
+    """Why the "cpp" backend cannot run on this device and dtype, or None."""
     if device.type != "cpu":
         return f"it runs on CPU tensors only, not {device.type} (the GPU one is 'cuda')"
+    if dtype not in _DTYPES:
+        return f"its operators take float64/32/16 and bfloat16 inputs, not {dtype}"
     return _load_error()
 
 
@@ -88,6 +93,8 @@ def cuda_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None
     """Why the "cuda" backend cannot run on this device, or None."""
     if device.type != "cuda":
         return f"it runs on CUDA tensors only, not {device.type} (the CPU one is 'cpp')"
+    if dtype not in _DTYPES:
+        return f"its operators take float64/32/16 and bfloat16 inputs, not {dtype}"
     if not torch.cuda.is_available():
         return "no CUDA GPU is available here"
     if _load_error() is not None:

@@ -86,6 +86,18 @@ def test_half_precision_inputs_compute_in_fp32(cpu_path, dtype):
         assert_close(actual, expected, 1e-2)
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_broadcast_output_gradients(cpu_path, axis):
+    # The gradient of e.g. a sum over the batch reaches the backward as an expanded (stride-0)
+    # tensor. Broadcast along the centred axis it would be degenerate (the rows of the output sum
+    # to 0), so it is broadcast across the other one.
+    x = torch.randn(12, 20, dtype=torch.float64)
+    grad = (torch.randn(1, 20) if axis == 0 else torch.randn(12, 1)).double().expand(12, 20)
+    ref = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x, grad)
+    got = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend="cpp"), x, grad)
+    assert_close(got[1], ref[1], 1e-10)
+
+
 def test_gradcheck_through_the_operators(cpu_path):
     x = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: whiten_groups(t, 3, 0.01, 0, backend="cpp")[0], (x,))
@@ -146,6 +158,13 @@ def test_operators_reject_bad_input_clearly():
         backward(source, sn, trace, w, iterates, torch.randn(1, 5, 4), 4, 1, False)
     with pytest.raises(ValueError, match="expected 6 saved Newton iterates for 4 iterations"):
         backward(source, sn, trace, w, iterates[:2], torch.randn(1, 4, 5), 4, 1, False)
+    with pytest.raises(ValueError, match=r"expected traces of shape \(1, 1, 1\)"):
+        backward(source, sn, trace.reshape(1), w, iterates, torch.randn(1, 4, 5), 4, 1, False)
+
+
+def test_unsupported_dtypes_are_reported_not_dispatched():
+    reason = cpp.cpp_unusable_reason(torch.device("cpu"), torch.float8_e4m3fn)
+    assert reason is not None and "float8_e4m3fn" in reason
 
 
 def test_cuda_backend_says_why_it_cannot_run_here():
