@@ -15,27 +15,30 @@ from torch import Tensor
 
 from intl_kernels.backends.base import Backend
 
-_LOADED: dict[str, str | None] = {}
-"""{"error": None} once the extension loaded, {"error": why} once it failed to (a plain dict rather
-than functools.cache, which torch.compile would trace through with a warning)."""
-
-
-def _load_error() -> str | None:
-    """Import the extension once; None when it loaded, else why it did not (warned once)."""
-    if "error" not in _LOADED:
-        _LOADED["error"] = _import_extension()
-    return _LOADED["error"]
-
 
 def _import_extension() -> str | None:
+    """Import the extension and register its fake implementations; None, or why it failed."""
     try:
         from intl_kernels import _C  # noqa: F401  (registers torch.ops.intl_kernels.*)
     except ImportError as exc:
-        message = f"the compiled extension intl_kernels._C is not available ({exc})"
-        warnings.warn(f"{message}; falling back to the pure PyTorch backends", stacklevel=3)
-        return message
+        return f"the compiled extension intl_kernels._C is not available ({exc})"
     _register_fakes()
     return None
+
+
+_WARNED: list[bool] = []
+
+
+def _load_error() -> str | None:
+    """None when the extension loaded, else why it did not (warned once, when first asked).
+
+    The import itself happens when this module is imported (the end of this file), so that
+    torch.compile never traces an import or a fake registration (which breaks fullgraph=True).
+    """
+    if _LOAD_ERROR is not None and not _WARNED:
+        _WARNED.append(True)
+        warnings.warn(f"{_LOAD_ERROR}; falling back to the pure PyTorch backends", stacklevel=3)
+    return _LOAD_ERROR
 
 
 def _empty_in_layout_of(a: Tensor, dtype: torch.dtype) -> Tensor:
@@ -127,3 +130,5 @@ def backward(
 
 CPP = Backend(name="cpp", forward=forward, backward=backward, unusable_reason=cpp_unusable_reason)
 CUDA = Backend(name="cuda", forward=forward, backward=backward, unusable_reason=cuda_unusable_reason)
+
+_LOAD_ERROR = _import_extension()
