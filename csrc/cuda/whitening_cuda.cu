@@ -21,6 +21,11 @@ namespace intl_kernels {
 namespace {
 
 constexpr int kThreads = 256;
+// One thread per row in the column layout: small blocks spread e.g. D = 8192 rows over 128 SMs.
+constexpr int kColumnThreads = 64;
+// The single-block Newton kernel: with one group (iternorm) the block is all the GPU runs, so it
+// takes the most threads a block may have (4 outputs each at n = 64).
+constexpr int kNewtonThreads = 1024;
 constexpr int kSmallNewton = 64;
 
 template <typename T>
@@ -85,8 +90,8 @@ void centre_cuda(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
     using In = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "centre", [&] {
       if (columns) {
-        const dim3 grid((p + kThreads - 1) / kThreads, g);
-        centre_columns_kernel<In, scalar_t><<<grid, kThreads, 0, stream>>>(
+        const dim3 grid((p + kColumnThreads - 1) / kColumnThreads, g);
+        centre_columns_kernel<In, scalar_t><<<grid, kColumnThreads, 0, stream>>>(
             a.data_ptr<In>(), as, mean.data_ptr<scalar_t>(), source.data_ptr<scalar_t>(), ss, p, q);
       } else {
         centre_rows_kernel<In, scalar_t><<<g * p, kThreads, 0, stream>>>(
@@ -149,7 +154,7 @@ bool newton_small_cuda(const at::Tensor& sn, int64_t iterations, at::Tensor& p_t
   }
   const int bytes = static_cast<int>(4 * n * n * sizeof(float));
   C10_CUDA_CHECK(cudaFuncSetAttribute(newton_small_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  newton_small_kernel<<<sn.size(0), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+  newton_small_kernel<<<sn.size(0), kNewtonThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
       sn.data_ptr<float>(), p_t.data_ptr<float>(), keep ? iterates.data_ptr<float>() : nullptr,
       keep ? iterates.stride(0) : 0, keep ? iterates.stride(1) : 0, static_cast<int>(n),
       static_cast<int>(iterations), keep);
