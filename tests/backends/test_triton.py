@@ -88,6 +88,24 @@ def test_gram(shape, dtype, transposed, ddof):
     assert torch.equal(k, k.mT)  # mirrored tiles: exactly symmetric
 
 
+@pytest.mark.parametrize("shape", [(2, 13, 300), (1, 300, 9)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
+def test_gram_with_the_reduction_split_into_slices(shape, dtype, transposed):
+    # Few output tiles over a long reduction (INTL's N = 256, D = 8192 on a GPU): the reduction is
+    # split so that more programs run, and the slices are summed.
+    from intl_kernels.backends.triton import config, gram
+
+    a = _groups(shape, dtype, transposed)
+    with config.override(gram_programs=48):
+        cfg = config.for_device(a.device, interpreted=a.device.type == "cpu")
+        assert gram._reduction_slice(shape[0], max(shape[1:]), cfg) < max(shape[1:])
+        _, mean, k = backend.gram(a, 1)
+    _, expected_mean, expected_k = torch_ops.gram(a.double(), 1)
+    assert_close(k, expected_k, RTOL[dtype])
+    assert torch.equal(k, k.mT)
+
+
 @pytest.mark.parametrize("n", [5, 20])
 @pytest.mark.parametrize("iterations", [0, 1, 4, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

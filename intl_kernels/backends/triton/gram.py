@@ -53,20 +53,22 @@ def row_means(x: Tensor, cfg: Config) -> Tensor:
 
 @triton.jit
 def _gram_kernel(
-    A, MEAN, K, PAIRS, n, red, sag, saf, sar, smg, divisor,
+    A, MEAN, K, PAIRS, n, red, red_slice, sag, saf, sar, smg, divisor,
     CENTRE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
     DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """K[g, i, j] = sum_r Ac[g, i, r] Ac[g, j, r] / divisor for the tile pair PAIRS[program] (i <= j).
+    """K[s, g, i, j] = sum over r in slice s of Ac[g, i, r] Ac[g, j, r] / divisor for the tile pair
+    PAIRS[program] (i <= j); the slices (red_slice reduction indices each) sum to the Gram matrix.
 
     Ac[f, r] = A[f * saf + r * sar] centred by MEAN (by f when the features are the input's rows,
-    by r otherwise: CENTRE). One program per upper-triangle tile pair and group; the tile is also
-    written transposed into the lower triangle. FLOPs per group: about n^2 red (half of a full
-    n x n x red product, 2 n^2 red). Bytes: each program reads two BLOCK x red panels, so A is read
-    about (ceil(n / BLOCK) + 1) / 2 times; n^2 written.
+    by r otherwise: CENTRE). One program per upper-triangle tile pair, group and slice; the tile is
+    also written transposed into the lower triangle. FLOPs per group: about n^2 red (half of a full
+    n x n x red product, 2 n^2 red). Bytes: each program reads two BLOCK x red_slice panels, so A is
+    read about (ceil(n / BLOCK) + 1) / 2 times; n^2 written per slice.
     """
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
+    s = tl.program_id(2)
     ti = tl.load(PAIRS + 2 * pid)
     tj = tl.load(PAIRS + 2 * pid + 1)
     fi = ti * BLOCK + tl.arange(0, BLOCK)
@@ -74,13 +76,13 @@ def _gram_kernel(
     base = A + g * sag
     mean = MEAN + g * smg
     acc = tl.zeros((BLOCK, BLOCK), DTYPE)
-    for r0 in range(0, red, BLOCK_K):
+    for r0 in range(s * red_slice, tl.minimum(red, (s + 1) * red_slice), BLOCK_K):
         rs = r0 + tl.arange(0, BLOCK_K)
         xi = tiles.load_tile(base, fi, rs, saf, sar, n, red, mean, CENTRE, DTYPE)
         xj = tiles.load_tile(base, fj, rs, saf, sar, n, red, mean, CENTRE, DTYPE)
         acc = tl.dot(xi, tl.trans(xj), acc, input_precision=PRECISION)
     acc = acc / divisor  # an int: exact in fp64, where a float argument would arrive as fp32
-    out = K + g * n * n
+    out = K + (s.to(tl.int64) * tl.num_programs(1) + g) * n * n
     mask = (fi[:, None] < n) & (fj[None, :] < n)
     tl.store(out + fi[:, None] * n + fj[None, :], acc, mask=mask)
     # The mirror of a diagonal tile is the tile itself: one writer per element keeps K exactly symmetric.
@@ -94,7 +96,6 @@ def gram(a: Tensor, ddof: int, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
     groups, p, q = a.shape
     mean = row_means(a, cfg)
     n, red = min(p, q), max(p, q)
-    k = tiles.empty((groups, n, n), a, mean.dtype, cfg)
     # Features are the rows when p <= q (centred by their own means), the columns otherwise (then
     # the reduction index, a row of `a`, picks the mean).
     if p <= q:
@@ -102,13 +103,30 @@ def gram(a: Tensor, ddof: int, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
     else:
         saf, sar, centre = a.stride(2), a.stride(1), tiles.COLS
     pairs = tiles.tile_pairs(n, cfg.block, True, a.device)
-    _gram_kernel[(pairs.shape[0], groups)](
-        a, mean, k, pairs, n, red, a.stride(0), saf, sar, mean.stride(0), q - ddof,
+    red_slice = _reduction_slice(pairs.shape[0] * groups, red, cfg)
+    slices = triton.cdiv(red, red_slice)
+    k = tiles.empty((slices, groups, n, n), a, mean.dtype, cfg)
+    _gram_kernel[(pairs.shape[0], groups, slices)](
+        a, mean, k, pairs, n, red, red_slice, a.stride(0), saf, sar, mean.stride(0), q - ddof,
         CENTRE=centre, BLOCK=cfg.block, BLOCK_K=cfg.block_k,
         DTYPE=tiles.TL_DTYPE[mean.dtype], PRECISION=precision(mean.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return a, mean, k
+    # Slices of exactly symmetric tiles, summed in one order: still exactly symmetric.
+    return a, mean, k[0] if slices == 1 else k.sum(0)
+
+
+def _reduction_slice(programs: int, red: int, cfg: Config) -> int:
+    """How many reduction indices each Gram program sums (a multiple of block_k).
+
+    A short-wide input leaves few output tiles (N = 256, D = 8192: 10 upper-triangle tiles of 64),
+    far fewer programs than a GPU has SMs; the reduction is then split into slices, summed after
+    the launch, until about cfg.gram_programs programs run, each with at least 4 steps of block_k.
+    """
+    slices = 1
+    if cfg.gram_programs and programs < cfg.gram_programs:
+        slices = min(triton.cdiv(cfg.gram_programs, programs), max(red // (4 * cfg.block_k), 1))
+    return triton.cdiv(triton.cdiv(red, slices), cfg.block_k) * cfg.block_k
 
 
 def gram_backward(
