@@ -94,12 +94,12 @@ def test_gram(shape, dtype, transposed, ddof):
 def test_gram_with_the_reduction_split_into_slices(shape, dtype, transposed):
     # Few output tiles over a long reduction (INTL's N = 256, D = 8192 on a GPU): the reduction is
     # split so that more programs run, and the slices are summed.
-    from intl_kernels.backends.triton import config, gram
+    from intl_kernels.backends.triton import config, tiles
 
     a = _groups(shape, dtype, transposed)
-    with config.override(gram_programs=48):
+    with config.override(split_programs=48):
         cfg = config.for_device(a.device, interpreted=a.device.type == "cpu")
-        assert gram._reduction_slice(shape[0], max(shape[1:]), cfg) < max(shape[1:])
+        assert tiles.reduction_slice(shape[0], max(shape[1:]), cfg) < max(shape[1:])
         _, mean, k = backend.gram(a, 1)
     _, expected_mean, expected_k = torch_ops.gram(a.double(), 1)
     assert_close(k, expected_k, RTOL[dtype])
@@ -147,6 +147,20 @@ def test_newton_backward(newton_path, n, iterations, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 @pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
 def test_whiten_and_its_backward(shape, dtype, transposed):
+    _check_whiten_and_its_backward(shape, dtype, transposed)
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 300), (1, 300, 9)])
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
+def test_whiten_backward_with_the_reduction_split_into_slices(shape, transposed):
+    # grad_w = G ac^T reduces over the long axis into few output tiles: split and summed.
+    from intl_kernels.backends.triton import config
+
+    with config.override(split_programs=48):
+        _check_whiten_and_its_backward(shape, torch.float32, transposed)
+
+
+def _check_whiten_and_its_backward(shape, dtype, transposed):
     a = _groups(shape, dtype, transposed)
     source, mean, _ = backend.gram(a, 1)
     cd = torch_ops.compute_dtype(dtype)

@@ -40,9 +40,10 @@ class Config:
         group in one program (registers), larger n take the tiled symmetric kernels;
         poison_outputs: fill every buffer the launch code allocates with NaN first (a debugging
         aid for the tests: an element a kernel forgets to write then shows up);
-        gram_programs: when the Gram product has fewer output tiles (times groups) than this, its
-        reduction is split into slices summed afterwards, to keep about this many programs busy
-        (0: never split; on GPUs about twice the SM count).
+        split_programs: when a product with a long reduction (the Gram matrix, the gradient of w)
+        has fewer output tiles (times groups) than this, its reduction is split into slices summed
+        afterwards, to keep about this many programs busy (0: never split; on GPUs about twice the
+        SM count).
     """
 
     block: int = 64
@@ -56,16 +57,16 @@ class Config:
     small_num_warps: int = 8
     num_stages: int = 3
     poison_outputs: bool = False
-    gram_programs: int = 0
+    split_programs: int = 0
 
 
 # Keyed by CUDA compute capability (major, minor); other >= 8.0 devices use the closest lower row.
 _TABLE = {
     (8, 0): Config(
-        block=64, block_k=32, product_m=64, product_n=64, num_warps=4, num_stages=3, gram_programs=216
+        block=64, block_k=32, product_m=64, product_n=64, num_warps=4, num_stages=3, split_programs=216
     ),
     (9, 0): Config(
-        block=64, block_k=64, product_m=64, product_n=128, num_warps=8, num_stages=3, gram_programs=264
+        block=64, block_k=64, product_m=64, product_n=128, num_warps=8, num_stages=3, split_programs=264
     ),
 }
 _INTERPRETER = Config(

@@ -103,7 +103,7 @@ def gram(a: Tensor, ddof: int, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
     else:
         saf, sar, centre = a.stride(2), a.stride(1), tiles.COLS
     pairs = tiles.tile_pairs(n, cfg.block, True, a.device)
-    red_slice = _reduction_slice(pairs.shape[0] * groups, red, cfg)
+    red_slice = tiles.reduction_slice(pairs.shape[0] * groups, red, cfg)
     slices = triton.cdiv(red, red_slice)
     k = tiles.empty((slices, groups, n, n), a, mean.dtype, cfg)
     _gram_kernel[(pairs.shape[0], groups, slices)](
@@ -114,19 +114,6 @@ def gram(a: Tensor, ddof: int, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
     )  # fmt: skip
     # Slices of exactly symmetric tiles, summed in one order: still exactly symmetric.
     return a, mean, k[0] if slices == 1 else k.sum(0)
-
-
-def _reduction_slice(programs: int, red: int, cfg: Config) -> int:
-    """How many reduction indices each Gram program sums (a multiple of block_k).
-
-    A short-wide input leaves few output tiles (N = 256, D = 8192: 10 upper-triangle tiles of 64),
-    far fewer programs than a GPU has SMs; the reduction is then split into slices, summed after
-    the launch, until about cfg.gram_programs programs run, each with at least 4 steps of block_k.
-    """
-    slices = 1
-    if cfg.gram_programs and programs < cfg.gram_programs:
-        slices = min(triton.cdiv(cfg.gram_programs, programs), max(red // (4 * cfg.block_k), 1))
-    return triton.cdiv(triton.cdiv(red, slices), cfg.block_k) * cfg.block_k
 
 
 def gram_backward(

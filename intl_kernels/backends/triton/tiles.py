@@ -41,24 +41,28 @@ def load_tile(
 @triton.jit
 def _product_kernel(
     X, Y, Z, Z_MEAN, OUT, MEAN_X, MEAN_Y,
-    M, N, K,
-    sxg, sxm, sxk, syg, syk, syn, szg, szm, szn, sog, som, son, mxg, myg, zmg,
+    M, N, K, k_slice, groups,
+    sxg, sxm, sxk, syg, syk, syn, szg, szm, szn, sos, sog, som, son, mxg, myg, zmg,
     alpha, divisor,
     CENTRE_X: tl.constexpr, CENTRE_Y: tl.constexpr, HAS_Z: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """OUT = alpha / divisor * Xc @ Yc (+ Z - Z_MEAN[i]) per group, Xc/Yc centred on load as CENTRE_X/Y say.
+    """OUT[s] = alpha / divisor * Xc @ Yc (+ Z - Z_MEAN[i]) per group, Xc/Yc centred on load as
+    CENTRE_X/Y say, over the reduction slice s (k_slice indices; one slice unless the caller sums
+    several into the product).
 
-    One program per (BLOCK_M x BLOCK_N) output tile and group. FLOPs: 2 M N K per group. Bytes
-    read: X once per column tile (M K ceil(N / BLOCK_N)), Y once per row tile (K N ceil(M / BLOCK_M)),
-    Z (M N) and the mean vectors; written: M N, all in their own dtypes.
+    One program per (BLOCK_M x BLOCK_N) output tile, group and slice (axis 2: slice * groups +
+    group). FLOPs: 2 M N K per group. Bytes read: X once per column tile (M K ceil(N / BLOCK_N)),
+    Y once per row tile (K N ceil(M / BLOCK_M)), Z (M N) and the mean vectors; written: M N per
+    slice, all in their own dtypes.
     """
-    g = tl.program_id(2).to(tl.int64)
+    g = (tl.program_id(2) % groups).to(tl.int64)
+    s = (tl.program_id(2) // groups).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), DTYPE)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(s * k_slice, tl.minimum(K, (s + 1) * k_slice), BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         x = load_tile(X + g * sxg, rows, ks, sxm, sxk, M, K, MEAN_X + g * mxg, CENTRE_X, DTYPE)
         y = load_tile(Y + g * syg, ks, cols, syk, syn, K, N, MEAN_Y + g * myg, CENTRE_Y, DTYPE)
@@ -69,7 +73,7 @@ def _product_kernel(
         z = tl.load(Z + g * szg + rows[:, None] * szm + cols[None, :] * szn, mask=mask, other=0.0)
         z_mean = tl.load(Z_MEAN + g * zmg + rows, mask=rows < M, other=0.0)
         acc += z.to(DTYPE) - z_mean[:, None].to(DTYPE)
-    tl.store(OUT + g * sog + rows[:, None] * som + cols[None, :] * son, acc, mask=mask)
+    tl.store(OUT + s * sos + g * sog + rows[:, None] * som + cols[None, :] * son, acc, mask=mask)
 
 
 def _stride3(t: Tensor) -> tuple[int, int, int]:
@@ -91,20 +95,26 @@ def product(
 
     centre_x/centre_y: (mode, means (g, rows or columns)) of each operand; residual: (z, z_mean)
     with z (g, M, N) and z_mean (g, M); z may be `out` itself (each tile is read, then written, by
-    the same program).
+    the same program). Without a residual, a long reduction over few output tiles is split into
+    slices (`reduction_slice`) written to a scratch stack and summed into `out`.
     """
     groups, m, k = x.shape
     n = y.shape[-1]
+    programs = triton.cdiv(m, cfg.product_m) * triton.cdiv(n, cfg.product_n) * groups
+    k_slice = k if residual is not None else reduction_slice(programs, k, cfg)
+    slices = triton.cdiv(k, k_slice)
+    target = out if slices == 1 else empty((slices, groups, m, n), out, out.dtype, cfg)
+    slice_stride = 0 if slices == 1 else target.stride(0)
     mode_x, mean_x = centre_x
     mode_y, mean_y = centre_y
     mean_x = out if mean_x is None else mean_x
     mean_y = out if mean_y is None else mean_y
     z, z_mean = residual if residual is not None else (out, out)
-    grid = (triton.cdiv(m, cfg.product_m), triton.cdiv(n, cfg.product_n), groups)
+    grid = (triton.cdiv(m, cfg.product_m), triton.cdiv(n, cfg.product_n), groups * slices)
     _product_kernel[grid](
-        x, y, z, z_mean, out, mean_x, mean_y,
-        m, n, k,
-        *_stride3(x), *_stride3(y), *_stride3(z), *_stride3(out),
+        x, y, z, z_mean, target, mean_x, mean_y,
+        m, n, k, k_slice, groups,
+        *_stride3(x), *_stride3(y), *_stride3(z), slice_stride, *_stride3(out if slices == 1 else target[0]),
         mean_x.stride(0), mean_y.stride(0), z_mean.stride(0),
         alpha, divisor,
         CENTRE_X=mode_x, CENTRE_Y=mode_y, HAS_Z=residual is not None,
@@ -112,7 +122,23 @@ def product(
         DTYPE=TL_DTYPE[out.dtype], PRECISION=precision(out.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
+    if slices > 1:
+        torch.sum(target, 0, out=out)
     return out
+
+
+def reduction_slice(programs: int, red: int, cfg: Config) -> int:
+    """How many reduction indices each program of a product sums (a multiple of block_k).
+
+    A short-wide input leaves few output tiles (N = 256, D = 8192: 10 upper-triangle Gram tiles
+    of 64), far fewer programs than a GPU has SMs; the reduction is then split into slices, summed
+    after the launch, until about cfg.split_programs programs run, each with at least 4 steps of
+    block_k.
+    """
+    slices = 1
+    if cfg.split_programs and programs < cfg.split_programs:
+        slices = min(triton.cdiv(cfg.split_programs, programs), max(red // (4 * cfg.block_k), 1))
+    return triton.cdiv(triton.cdiv(red, slices), cfg.block_k) * cfg.block_k
 
 
 def empty(shape: tuple[int, ...], like: Tensor, dtype: torch.dtype, cfg: Config) -> Tensor:
