@@ -6,7 +6,8 @@
   GPU architectures (default "8.0;9.0+PTX": A100 and H100 code, PTX for newer GPUs).
 - INTL_KERNELS_NO_EXTENSION=1 installs the pure-Python package only (the compiled backends are then
   reported unusable and the package falls back to PyTorch ops).
-A failed build stops the installation with the reason; nothing half-built is installed.
+A failed build stops the installation with the reason (nothing half-built is installed), except
+that a CUDA build which was only auto-detected falls back to the CPU operators with a warning.
 """
 
 import os
@@ -56,19 +57,26 @@ def _build_cuda() -> bool:
     )
 
 
+# OpenMP, as torch's own build: without it at::parallel_for in the extension runs serially.
+_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
+_OPTIONS = dict(include_dirs=[str(ROOT / "csrc")], extra_link_args=_OPENMP)
+_CXX = ["-O3", *_OPENMP]
+
+
+def _cpu_extension():
+    from torch.utils.cpp_extension import CppExtension
+
+    return CppExtension(
+        "intl_kernels._C", _sources("*.cpp", "cpu/*.cpp"), extra_compile_args={"cxx": _CXX}, **_OPTIONS
+    )
+
+
 def extension_modules() -> list:
     if os.environ.get("INTL_KERNELS_NO_EXTENSION") == "1":
         return []
-    from torch.utils.cpp_extension import CppExtension, CUDAExtension
-
-    cpp_sources = _sources("*.cpp", "cpu/*.cpp")
-    # OpenMP, as torch's own build: without it at::parallel_for in the extension runs serially.
-    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    options = dict(include_dirs=[str(ROOT / "csrc")], extra_link_args=openmp)
-    cxx = ["-O3", *openmp]
     if not _build_cuda():
-        return [CppExtension("intl_kernels._C", cpp_sources, extra_compile_args={"cxx": cxx}, **options)]
-    from torch.utils.cpp_extension import CUDA_HOME
+        return [_cpu_extension()]
+    from torch.utils.cpp_extension import CUDA_HOME, CUDAExtension
 
     if CUDA_HOME is None:
         raise RuntimeError(
@@ -79,9 +87,9 @@ def extension_modules() -> list:
     return [
         CUDAExtension(
             "intl_kernels._C",
-            cpp_sources + _sources("cuda/*.cu"),
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-            **options,
+            _sources("*.cpp", "cpu/*.cpp", "cuda/*.cu"),
+            extra_compile_args={"cxx": _CXX, "nvcc": ["-O3"]},
+            **_OPTIONS,
         )
     ]
 
@@ -97,6 +105,21 @@ def build_commands() -> dict:
                 super().build_extensions()
             except Exception as exc:
                 with_cuda = any(s.endswith(".cu") for ext in self.extensions for s in ext.sources)
+                if with_cuda and os.environ.get("FORCE_CUDA") is None:
+                    # CUDA was only detected, not asked for (e.g. a toolkit that does not match
+                    # torch's CUDA): the CPU operators are still worth having.
+                    print(
+                        f"WARNING intl_kernels._C: building the CUDA operators failed ({exc}); "
+                        "building the CPU operators only (FORCE_CUDA=1 makes this an error)",
+                        file=sys.stderr,
+                    )
+                    cpu = _cpu_extension()
+                    for ext in self.extensions:  # in place: setuptools has finalised these objects
+                        for field in ("sources", "libraries", "library_dirs", "include_dirs",
+                                      "extra_compile_args", "extra_link_args", "define_macros"):  # fmt: skip
+                            setattr(ext, field, getattr(cpu, field))
+                    super().build_extensions()
+                    return
                 hint = (
                     "building the CUDA operators failed; FORCE_CUDA=0 builds the CPU operators only"
                     if with_cuda

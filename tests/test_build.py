@@ -77,25 +77,36 @@ def _installed_library_with_sm90() -> Path | None:
 def test_cuda_sources_build_into_a_library_with_sm90_code(tmp_path):
     library = _installed_library_with_sm90()
     if library is None:  # build one: FORCE_CUDA=1 for sm_90, a few minutes on 2 cores
-        env = {**os.environ, "FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": "9.0"}
-        build = subprocess.run(
-            [
-                sys.executable,
-                "setup.py",
-                "build_ext",
-                "--build-temp",
-                str(tmp_path / "temp"),
-                "--build-lib",
-                str(tmp_path / "lib"),
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        build = _build(tmp_path, FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST="9.0")
         assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
         (library,) = (tmp_path / "lib" / "intl_kernels").glob("_C*.so")
         # The fresh library loads against this torch and registers its CUDA operators.
         loaded = subprocess.run([sys.executable, "-c", _PROBE, str(library)], capture_output=True, text=True)
         assert loaded.stdout.strip() == "True", loaded.stderr[-3000:]
     assert "sm_90" in _gpu_architectures(library)
+
+
+def _build(tmp_path, **env: str | None) -> subprocess.CompletedProcess:
+    """`setup.py build_ext` into tmp_path with these environment changes (None: unset)."""
+    environment = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--build-temp", str(tmp_path / "temp"),
+         "--build-lib", str(tmp_path / "lib")],
+        cwd=ROOT, env=environment, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_failed_cuda_build_falls_back_to_cpu_only_unless_forced(tmp_path):
+    # An nvcc that rejects every call stands in for a toolkit that does not match torch's CUDA.
+    broken = {"NVCC_PREPEND_FLAGS": "--no-such-nvcc-flag"}
+    forced = _build(tmp_path / "forced", FORCE_CUDA="1", **broken)
+    assert forced.returncode != 0
+    assert "building the CUDA operators failed; FORCE_CUDA=0 builds the CPU operators only" in forced.stderr
+    assert not list((tmp_path / "forced").glob("lib/intl_kernels/_C*.so"))  # nothing half-built
+
+    detected = _build(tmp_path, FORCE_CUDA=None, **broken)
+    assert detected.returncode == 0, detected.stderr[-3000:]
+    assert "building the CPU operators only" in detected.stderr
+    (library,) = (tmp_path / "lib" / "intl_kernels").glob("_C*.so")
+    loaded = subprocess.run([sys.executable, "-c", _PROBE, str(library)], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr[-3000:]  # CPU operators, no CUDA ones
