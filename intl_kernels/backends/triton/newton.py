@@ -31,6 +31,14 @@ from intl_kernels.backends.triton.config import Config, precision
 
 
 @triton.jit
+def _whole_matrix_tile(n, BLOCK: tl.constexpr):
+    """Indices r, in-bounds mask and row-major offsets of an n x n matrix held as one BLOCK^2 tile."""
+    r = tl.arange(0, BLOCK)
+    mask = (r[:, None] < n) & (r[None, :] < n)
+    return r, mask, r[:, None] * n + r[None, :]
+
+
+@triton.jit
 def _newton_small_kernel(
     SN, P_OUT, ITERATES, n, groups, iterations,
     KEEP: tl.constexpr, BLOCK: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -42,9 +50,7 @@ def _newton_small_kernel(
     Bytes: Sn read once, P_T written once (n^2 each), plus 2 n^2 per step when KEEP.
     """
     g = tl.program_id(0).to(tl.int64)
-    r = tl.arange(0, BLOCK)
-    mask = (r[:, None] < n) & (r[None, :] < n)
-    offs = r[:, None] * n + r[None, :]
+    r, mask, offs = _whole_matrix_tile(n, BLOCK)
     size = n * n
     sn = tl.load(SN + g * size + offs, mask=mask, other=0.0).to(DTYPE)
     eye = tl.where((r[:, None] == r[None, :]) & mask, 1.0, 0.0).to(DTYPE)
@@ -72,9 +78,7 @@ def _newton_small_backward_kernel(
     (n^2 each), plus the 2 n^2 iterates of each step read once.
     """
     g = tl.program_id(0).to(tl.int64)
-    r = tl.arange(0, BLOCK)
-    mask = (r[:, None] < n) & (r[None, :] < n)
-    offs = r[:, None] * n + r[None, :]
+    _, mask, offs = _whole_matrix_tile(n, BLOCK)
     size = n * n
     sn = tl.load(SN + g * size + offs, mask=mask, other=0.0).to(DTYPE)
     grad = tl.load(GRAD_P + g * size + offs, mask=mask, other=0.0).to(DTYPE)
