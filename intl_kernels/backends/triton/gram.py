@@ -80,7 +80,7 @@ def _gram_kernel(
         rs = r0 + tl.arange(0, BLOCK_K)
         xi = tiles.load_tile(base, fi, rs, saf, sar, n, red, mean, CENTRE, DTYPE)
         xj = tiles.load_tile(base, fj, rs, saf, sar, n, red, mean, CENTRE, DTYPE)
-        acc = tl.dot(xi, tl.trans(xj), acc, input_precision=PRECISION)
+        acc = tl.dot(xi, tl.trans(xj), acc, input_precision=PRECISION, out_dtype=DTYPE)
     acc = acc / divisor  # an int: exact in fp64, where a float argument would arrive as fp32
     out = K + (s.to(tl.int64) * tl.num_programs(1) + g) * n * n
     mask = (fi[:, None] < n) & (fj[None, :] < n)

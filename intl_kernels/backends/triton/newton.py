@@ -130,18 +130,18 @@ def _sym_products_kernel(
             ks = k0 + tl.arange(0, BLOCK_K)
             x = tiles.load_tile(X1 + off, rows, ks, n, 1, n, n, X1, 0, DTYPE)
             y = tiles.load_tile(Y1 + off, ks, cols, n, 1, n, n, Y1, 0, DTYPE)
-            acc = tl.dot(x, y, acc, input_precision=PRECISION)
+            acc = tl.dot(x, y, acc, input_precision=PRECISION, out_dtype=DTYPE)
             if TERMS > 1:
                 if TRANS_X2:
                     x = tiles.load_tile(X2 + off, rows, ks, 1, n, n, n, X2, 0, DTYPE)
                 else:
                     x = tiles.load_tile(X2 + off, rows, ks, n, 1, n, n, X2, 0, DTYPE)
                 y = tiles.load_tile(Y2 + off, ks, cols, n, 1, n, n, Y2, 0, DTYPE)
-                acc = tl.dot(x, y, acc, input_precision=PRECISION)
+                acc = tl.dot(x, y, acc, input_precision=PRECISION, out_dtype=DTYPE)
             if TERMS > 2:
                 x = tiles.load_tile(X3 + off, rows, ks, n, 1, n, n, X3, 0, DTYPE)
                 y = tiles.load_tile(Y3 + off, ks, cols, n, 1, n, n, Y3, 0, DTYPE)
-                acc = tl.dot(x, y, acc, input_precision=PRECISION)
+                acc = tl.dot(x, y, acc, input_precision=PRECISION, out_dtype=DTYPE)
     mask = (rows[:, None] < n) & (cols[None, :] < n)
     tile = rows[:, None] * n + cols[None, :]
     acc = acc * alpha + tl.where((rows[:, None] == cols[None, :]) & mask, delta, 0.0).to(DTYPE)

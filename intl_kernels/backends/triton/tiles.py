@@ -66,7 +66,7 @@ def _product_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         x = load_tile(X + g * sxg, rows, ks, sxm, sxk, M, K, MEAN_X + g * mxg, CENTRE_X, DTYPE)
         y = load_tile(Y + g * syg, ks, cols, syk, syn, K, N, MEAN_Y + g * myg, CENTRE_Y, DTYPE)
-        acc = tl.dot(x, y, acc, input_precision=PRECISION)
+        acc = tl.dot(x, y, acc, input_precision=PRECISION, out_dtype=DTYPE)
     acc = acc * alpha / divisor  # an int divisor stays exact in fp64 (float arguments arrive as fp32)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     if HAS_Z:
