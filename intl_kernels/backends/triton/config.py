@@ -43,7 +43,9 @@ class Config:
         split_programs: when a product with a long reduction (the Gram matrix, the gradient of w)
         has fewer output tiles (times groups) than this, its reduction is split into slices summed
         afterwards, to keep about this many programs busy (0: never split; on GPUs about twice the
-        SM count).
+        SM count);
+        shared_memory: bytes of shared memory a block may use (the opt-in limit: 163 KiB on
+        sm_80, 227 KiB on sm_90); `pipeline_stages` lowers num_stages to fit it.
     """
 
     block: int = 64
@@ -58,15 +60,30 @@ class Config:
     num_stages: int = 3
     poison_outputs: bool = False
     split_programs: int = 0
+    shared_memory: int = 1 << 30
 
 
 # Keyed by CUDA compute capability (major, minor); other >= 8.0 devices use the closest lower row.
 _TABLE = {
     (8, 0): Config(
-        block=64, block_k=32, product_m=64, product_n=64, num_warps=4, num_stages=3, split_programs=216
+        block=64,
+        block_k=32,
+        product_m=64,
+        product_n=64,
+        num_warps=4,
+        num_stages=3,
+        split_programs=216,
+        shared_memory=163 * 1024,
     ),
     (9, 0): Config(
-        block=64, block_k=64, product_m=64, product_n=128, num_warps=8, num_stages=3, split_programs=264
+        block=64,
+        block_k=64,
+        product_m=64,
+        product_n=128,
+        num_warps=8,
+        num_stages=3,
+        split_programs=264,
+        shared_memory=227 * 1024,
     ),
 }
 _INTERPRETER = Config(
@@ -95,6 +112,19 @@ def override(**fields: int | bool) -> Iterator[None]:
         yield
     finally:
         _override = previous
+
+
+def pipeline_stages(cfg: Config, staged_elements: int, dtype: torch.dtype) -> int:
+    """The software-pipelining depth of a kernel whose reduction loop loads `staged_elements`
+    operand elements per step: cfg.num_stages, or fewer where their buffers would not fit
+    cfg.shared_memory (a launch would fail with "out of resources" on the GPU).
+
+    Triton buffers (stages - 1) steps of operands in shared memory, converted to the compute dtype;
+    twice that covers the largest layouts that `benchmarks/triton_compile.py` measured (centred
+    loads, tf32x3's split operands), and its test checks every kernel against the limit.
+    """
+    per_step = max(1, 2 * staged_elements * (8 if dtype == torch.float64 else 4))
+    return max(1, min(cfg.num_stages, 1 + cfg.shared_memory // per_step))
 
 
 def precision(dtype: torch.dtype) -> str:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from intl_kernels.backends.torch_ops import compute_dtype
 from intl_kernels.backends.triton import tiles
-from intl_kernels.backends.triton.config import Config, precision
+from intl_kernels.backends.triton.config import Config, pipeline_stages, precision
 
 
 @triton.jit
@@ -110,7 +110,7 @@ def gram(a: Tensor, ddof: int, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
         a, mean, k, pairs, n, red, red_slice, a.stride(0), saf, sar, mean.stride(0), q - ddof,
         CENTRE=centre, BLOCK=cfg.block, BLOCK_K=cfg.block_k,
         DTYPE=tiles.TL_DTYPE[mean.dtype], PRECISION=precision(mean.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=pipeline_stages(cfg, 2 * cfg.block * cfg.block_k, mean.dtype),
     )  # fmt: skip
     # Slices of exactly symmetric tiles, summed in one order: still exactly symmetric.
     return a, mean, k[0] if slices == 1 else k.sum(0)

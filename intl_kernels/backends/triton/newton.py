@@ -1,7 +1,7 @@
 """The Newton-Schulz stage `P_k = 1.5 P_{k-1} - 0.5 P_{k-1}^3 Sn` (exactly T steps) and its backward.
 
 Matrices are (g, n, n), fp32 (fp64 for fp64 inputs), symmetric: every iterate is a polynomial of Sn.
-Two paths, chosen by `Config.small_newton_max`:
+Two paths, chosen by `Config.small_newton_max` (half of it for fp64):
 
 - small n: one program per group holds Sn and the iterates in registers and runs all T steps, so the
   whole Newton phase (forward, or backward) of every group is one launch;
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from intl_kernels.backends.torch_ops import NewtonIterates
 from intl_kernels.backends.triton import tiles
-from intl_kernels.backends.triton.config import Config, precision
+from intl_kernels.backends.triton.config import Config, pipeline_stages, precision
 
 
 @triton.jit
@@ -191,7 +191,8 @@ class _Products:
             TERMS=len(terms), TRANS_X2=transpose_x2, HAS_Z1=z1 is not None, HAS_Z2=z2 is not None,
             SYMMETRIC=symmetric, BLOCK=cfg.block, BLOCK_K=cfg.block_k,
             DTYPE=tiles.TL_DTYPE[out.dtype], PRECISION=precision(out.dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps,
+            num_stages=pipeline_stages(cfg, 2 * len(terms) * cfg.block * cfg.block_k, out.dtype),
         )  # fmt: skip
         return out
 
@@ -200,13 +201,22 @@ def _small_block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot needs every dimension >= 16
 
 
+def _one_program(n: int, dtype: torch.dtype, cfg: Config) -> bool:
+    """Whether the Newton phase of n x n matrices runs one program per group (else tiled kernels).
+
+    fp64 matrices take twice the registers and shared memory of fp32 ones: up to half the size
+    (at n = 64 the fp64 backward needs 192 KiB of shared memory, more than sm_80's 163 KiB).
+    """
+    return n <= (cfg.small_newton_max // 2 if dtype == torch.float64 else cfg.small_newton_max)
+
+
 def newton(sn: Tensor, iterations: int, keep_iterates: bool, cfg: Config) -> tuple[Tensor, NewtonIterates]:
     """P_T and, when `keep_iterates`, the pairs (P_{k-1}, P_{k-1}^3) for k = 2..T (`torch_ops.newton`)."""
     sn = sn.contiguous()  # the kernels index (g, n, n) matrices densely (a no-op on the Gram stage's output)
     groups, n = sn.shape[0], sn.shape[-1]
     steps = max(iterations - 1, 0)
     keep = keep_iterates and steps > 0
-    if n <= cfg.small_newton_max:
+    if _one_program(n, sn.dtype, cfg):
         p_t = tiles.empty(sn.shape, sn, sn.dtype, cfg)
         stacked = tiles.empty((2 * steps, groups, n, n), sn, sn.dtype, cfg) if keep else p_t
         _newton_small_kernel[(groups,)](
@@ -242,7 +252,7 @@ def newton_backward(
     sn, grad_p = sn.contiguous(), grad_p.contiguous()
     iterates = [(p.contiguous(), cube.contiguous()) for p, cube in iterates]
     groups, n = sn.shape[0], sn.shape[-1]
-    if n <= cfg.small_newton_max:
+    if _one_program(n, sn.dtype, cfg):
         out = tiles.empty(sn.shape, sn, sn.dtype, cfg)
         # The pairs may come from autograd's saved tensors: one stacked copy (2 (T - 1) small matrices).
         stacked = torch.stack([t for pair in iterates for t in pair]) if iterates else sn

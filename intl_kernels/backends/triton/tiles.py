@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from intl_kernels.backends.triton.config import Config, precision
+from intl_kernels.backends.triton.config import Config, pipeline_stages, precision
 
 NONE, ROWS, COLS = 0, 1, 2
 
@@ -120,7 +120,8 @@ def product(
         CENTRE_X=mode_x, CENTRE_Y=mode_y, HAS_Z=residual is not None,
         BLOCK_M=cfg.product_m, BLOCK_N=cfg.product_n, BLOCK_K=cfg.block_k,
         DTYPE=TL_DTYPE[out.dtype], PRECISION=precision(out.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps,
+        num_stages=pipeline_stages(cfg, cfg.block_k * (cfg.product_m + cfg.product_n), out.dtype),
     )  # fmt: skip
     if slices > 1:
         torch.sum(target, 0, out=out)

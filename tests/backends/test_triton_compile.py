@@ -1,0 +1,51 @@
+"""The "triton" backend's kernels compiled for real GPUs (sm_90, sm_80) without one.
+
+The interpreter tests (test_triton.py) check what the kernels compute, but never run Triton's
+compiler: a kernel the interpreter accepts can still fail to compile, or need more shared memory
+than a GPU block has and fail at launch ("out of resources"). `benchmarks/triton_compile.py`
+compiles every kernel specialization the backend launches with the GPU configuration table, for
+each architecture, and these tests require every one to compile and fit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from intl_kernels.backends.triton import config
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "triton_compile.py"
+KERNELS = {"_row_mean_kernel", "_gram_kernel", "_product_kernel", "_sym_products_kernel",
+           "_newton_small_kernel", "_newton_small_backward_kernel"}  # fmt: skip
+
+pytest.importorskip("triton")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernels are compiled and run for real")
+@pytest.mark.parametrize("arch", [90, 80])
+def test_every_kernel_compiles_and_fits(arch: int, tmp_path: Path) -> None:
+    report = tmp_path / "compiled.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--arch", str(arch), "--json", str(report)],
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = json.loads(report.read_text())["rows"]
+    assert {r["kernel"] for r in rows} == KERNELS
+    assert all("error" not in r for r in rows)
+    limit = config._TABLE[divmod(arch, 10)].shared_memory
+    assert max(r["shared"] for r in rows) <= limit
+    # Every dtype and fp32 precision reached the compiler.
+    assert {p for r in rows for p in r["pointers"]} >= {"*fp64", "*fp32", "*bf16", "*fp16"}
+    assert {r["constants"].get("PRECISION") for r in rows} >= set(config.PRECISIONS)
+
+
+def test_pipeline_stages_fit_the_shared_memory() -> None:
+    cfg = config.Config(num_stages=4, shared_memory=100_000)
+    assert config.pipeline_stages(cfg, 1024, torch.float32) == 4  # 8 KiB per step: all 4 fit
+    assert config.pipeline_stages(cfg, 8192, torch.float32) == 2  # 64 KiB per step: one buffered
+    assert config.pipeline_stages(cfg, 8192, torch.float64) == 1  # 128 KiB: no pipelining
+    assert config.pipeline_stages(cfg, 0, torch.float32) == 4  # nothing staged
