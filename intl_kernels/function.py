@@ -42,7 +42,10 @@ class IterNormFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*saved)
         ctx.settings = (iterations, ddof, backend, recompute, a.dtype)
-        return out.to(a.dtype), mean, w
+        # Not a no-op `out.to(a.dtype)`: under torch.compile in torch 2.11 (not 2.14) a Function
+        # output that is such an alias got a backward traced once with zero gradients, and
+        # compiled models silently learned nothing through this layer.
+        return (out if out.dtype == a.dtype else out.to(a.dtype)), mean, w
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor | None, _grad_mean: None, _grad_w: None) -> tuple:
