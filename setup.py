@@ -59,7 +59,7 @@ def _build_cuda() -> bool:
 
 # OpenMP, as torch's own build: without it at::parallel_for in the extension runs serially.
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
-_OPTIONS = dict(include_dirs=[str(ROOT / "csrc")], extra_link_args=_OPENMP)
+_INCLUDE = [str(ROOT / "csrc")]
 _CXX = ["-O3", *_OPENMP]
 
 
@@ -67,8 +67,25 @@ def _cpu_extension():
     from torch.utils.cpp_extension import CppExtension
 
     return CppExtension(
-        "intl_kernels._C", _sources("*.cpp", "cpu/*.cpp"), extra_compile_args={"cxx": _CXX}, **_OPTIONS
+        "intl_kernels._C",
+        _sources("*.cpp", "cpu/*.cpp"),
+        extra_compile_args={"cxx": _CXX},
+        include_dirs=_INCLUDE,
+        extra_link_args=_OPENMP,
     )
+
+
+def _cuda_library_headers(cuda_home: str) -> list[str]:
+    """Include directories of the CUDA libraries' headers (cuBLAS, cuSPARSE, cuSOLVER) where the
+    toolkit lacks them: torch's CUDA wheels bring them in pip's `nvidia` packages. Without them the
+    CUDA operators build without their cuBLAS symmetric products (csrc/cuda/whitening_cuda.cu)."""
+    if (Path(cuda_home) / "include" / "cublas_v2.h").exists():
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return [str(d) for base in nvidia.__path__ for d in sorted(Path(base).glob("*/include"))]
 
 
 def extension_modules() -> list:
@@ -89,7 +106,8 @@ def extension_modules() -> list:
             "intl_kernels._C",
             _sources("*.cpp", "cpu/*.cpp", "cuda/*.cu"),
             extra_compile_args={"cxx": _CXX, "nvcc": ["-O3"]},
-            **_OPTIONS,
+            include_dirs=[*_INCLUDE, *_cuda_library_headers(CUDA_HOME)],
+            extra_link_args=_OPENMP,
         )
     ]
 

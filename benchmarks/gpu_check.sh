@@ -10,10 +10,12 @@
 #      GPU's architecture only (faster); the C++ operators alone when no CUDA toolkit is there
 #   2. correctness of every backend usable on CUDA against the float64 reference (gpu_selftest.py)
 #   3. intl-bench --preset all on CUDA (no torch.compile baseline: its compile time per case is long)
-#   4. the INTL training-step benchmark (needs torchvision)
-#   5. 30 steps of the demo pretraining on the GPU (bf16 autocast, channels_last): trainer img/s
-#   6. the torch.compile baseline on the INTL ImageNet shape, axis 0 (the goals are judged on it)
-#   7. the pytest suite when pytest is installed (the backend tests run on CUDA where it exists;
+#   4. the square preset again with the cuda backend's Newton products as plain GEMMs
+#      (INTL_KERNELS_CUDA_SYMMETRIC=0), against cuBLAS syrkx in step 3
+#   5. the INTL training-step benchmark (needs torchvision)
+#   6. 30 steps of the demo pretraining on the GPU (bf16 autocast, channels_last): trainer img/s
+#   7. the torch.compile baseline on the INTL ImageNet shape, axis 0 (the goals are judged on it)
+#   8. the pytest suite when pytest is installed (the backend tests run on CUDA where it exists;
 #      not the build tests: step 1 built the sources)
 # The last lines printed are a short summary table.
 set -u
@@ -59,6 +61,9 @@ step build 200 sh -c "FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch $python setup.py b
 step selftest 60 $python benchmarks/gpu_selftest.py --device cuda --json "$prefix-selftest.json"
 step bench 150 $python -m intl_kernels.bench.cli --device cuda --preset all --repeats 5 --no-compile \
     --json "$prefix.json" --csv "$prefix.csv" --plot "$prefix.png"
+# The cuda backend's Newton products as plain GEMMs, against the syrkx ones measured just above.
+step square-gemm 40 env INTL_KERNELS_CUDA_SYMMETRIC=0 $python -m intl_kernels.bench.cli --device cuda \
+    --preset square --backends cuda --repeats 5 --no-compile --json "$prefix-square-gemm.json"
 step train-step 60 $python -m intl_kernels.bench.cli --device cuda --train-step --repeats 5 \
     --json "$prefix-train-step.json"
 step pretrain 60 $python -m train.pretrain --device cuda --max_steps 30 --knn_every 0 --num_workers 4 \
@@ -73,7 +78,7 @@ else
 fi
 
 results=()
-for file in "$prefix.json" "$prefix-compile.json" "$prefix-train-step.json"; do
+for file in "$prefix.json" "$prefix-square-gemm.json" "$prefix-compile.json" "$prefix-train-step.json"; do
     [ -s "$file" ] && results+=("$file")
 done
 if [ ${#results[@]} -gt 0 ]; then

@@ -12,7 +12,7 @@
 namespace intl_kernels {
 namespace {
 
-constexpr DeviceKernels kAtenKernels{&centre_aten, nullptr};
+constexpr DeviceKernels kAtenKernels{&centre_aten, nullptr, &symmetric_product_aten};
 
 // INTL_KERNELS_CPU_PATH=aten runs the ATen composition (what the CUDA operators run) on CPU.
 bool cpu_runs_aten_path() {

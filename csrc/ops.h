@@ -65,10 +65,19 @@ struct DeviceKernels {
   // All Newton steps in one launch, P_T into p_t and the iterates into `iterates` (of size 0 when
   // not kept); returns false when this kernel does not handle sn's size or dtype.
   bool (*newton)(const at::Tensor& sn, int64_t iterations, at::Tensor& p_t, at::Tensor& iterates);
+  // out = alpha x y + beta z (no z term when z is undefined) for (g, n, n) matrices where x and
+  // x y are symmetric (every Newton product: the iterates are polynomials of Sn, so they commute),
+  // computing one triangle of x y and mirroring it; returns false when it does not handle the
+  // operands (the composition then runs a full GEMM). Uses only the lower triangle of x y
+  // (row-major), as x^T y: a product that is not symmetric gives wrong results, not just slow ones.
+  bool (*symmetric_product)(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
+                            const at::Tensor& z, double beta);
 };
 
 // whitening_aten.cpp
 void centre_aten(const at::Tensor& a, at::Tensor& mean, at::Tensor& source);
+bool symmetric_product_aten(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
+                            const at::Tensor& z, double beta);
 void forward_aten(const at::Tensor& a, Forward& f, int64_t iterations, double eps, int64_t ddof,
                   const DeviceKernels& kernels);
 at::Tensor backward_aten(const at::Tensor& source, const at::Tensor& sn, const at::Tensor& trace,

@@ -47,6 +47,18 @@ void check_trace(const at::Tensor& spread, const at::Tensor& mean, at::ScalarTyp
       kZeroTraceMessage);
 }
 
+// out = alpha x y + beta z for symmetric x y: the device's one-triangle product where it has one.
+void symmetric_product(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
+                       const at::Tensor& z, double beta, const DeviceKernels& kernels) {
+  if (kernels.symmetric_product != nullptr && kernels.symmetric_product(out, x, y, alpha, z, beta)) return;
+  if (z.defined()) {
+    at::baddbmm_out(out, z, x, y, beta, alpha);
+  } else {
+    at::bmm_out(out, x, y);
+    if (alpha != 1.0) out.mul_(alpha);
+  }
+}
+
 // P_T of Newton-Schulz on sn into p_t; when `iterates` is not empty, P_{k-1} and P_{k-1}^3 are
 // computed in place there (no copies), else two scratch matrices take turns.
 void newton_into(const at::Tensor& sn, int64_t iterations, at::Tensor& p_t, at::Tensor& iterates,
@@ -64,10 +76,10 @@ void newton_into(const at::Tensor& sn, int64_t iterations, at::Tensor& p_t, at::
   at::Tensor spare = keep || iterations == 2 ? at::Tensor() : at::empty_like(sn);
   for (int64_t j = 0; j + 1 < iterations; ++j) {  // P_{j+2} from P_{j+1}
     if (keep) cube = iterates[2 * j + 1];
-    at::bmm_out(square, p, p);
-    at::bmm_out(cube, square, p);
+    symmetric_product(square, p, p, 1.0, {}, 0.0, kernels);
+    symmetric_product(cube, square, p, 1.0, {}, 0.0, kernels);
     at::Tensor next = j + 2 == iterations ? p_t : keep ? iterates[2 * j + 2] : spare;
-    at::baddbmm_out(next, p, cube, sn, 1.5, -0.5);
+    symmetric_product(next, cube, sn, -0.5, p, 1.5, kernels);  // 1.5 P - 0.5 P^3 Sn
     if (!keep) spare = p;
     p = next;
   }
@@ -160,6 +172,20 @@ void backward_into(at::Tensor grad, const at::Tensor& source, const at::Tensor& 
 void centre_aten(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
   at::mean_out(mean, a, {-1}, /*keepdim=*/true, mean.scalar_type());
   at::sub_out(source, a, mean);
+}
+
+bool symmetric_product_aten(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
+                            const at::Tensor& z, double beta) {
+  // The contract of DeviceKernels::symmetric_product, kept exactly on CPU so that the tests of the
+  // ATen path check the Newton loop's use of it: x^T y, its lower triangle mirrored.
+  const auto full = at::bmm(x.mT(), y);
+  const auto symmetric = full.tril().add_(full.tril(-1).mT());
+  if (z.defined()) {
+    at::add_out(out, z.mul(beta), symmetric, alpha);
+  } else {
+    at::mul_out(out, symmetric, alpha);
+  }
+  return true;
 }
 
 void forward_aten(const at::Tensor& a, Forward& f, int64_t iterations, double eps, int64_t ddof,

@@ -1,19 +1,37 @@
-// The CUDA operators: the ATen composition of whitening_aten.cpp (its GEMMs run in cuBLAS, with the
-// Newton epilogue 1.5 P - 0.5 P^3 Sn folded into the GEMM's alpha/beta) plus two kernels where
-// fusion pays:
+// The CUDA operators: the ATen composition of whitening_aten.cpp (its GEMMs run in cuBLAS) plus
+// kernels where fusion pays:
 //   centre:       row means and the centred copy in one pass over the input, reading any dtype
 //                 and either layout coalesced (2 reads + 1 write of g p q elements);
 //   newton_small: all T Newton-Schulz steps of a group in one block with the matrices in shared
 //                 memory (n <= 64, fp32): one launch instead of 3 (T - 1) + 2 GEMM/elementwise
-//                 launches, 6 n^3 (T - 1) FLOPs and 2 n^2 (1 + 2 (T - 1)) floats of traffic per group.
+//                 launches, 6 n^3 (T - 1) FLOPs and 2 n^2 (1 + 2 (T - 1)) floats of traffic per group;
+//   symmetric products (n > 64): every Newton product is symmetric, so cuBLAS syrkx computes one
+//                 triangle (half the FLOPs of a GEMM) and symmetric_epilogue mirrors it, adding the
+//                 Newton step's 1.5 P on the way (one pass over the matrix).
 // Every launch is checked. The only host sync is the zero-trace check, and only when eps == 0
-// (as in every backend; pass eps > 0 to avoid it).
+// (as in every backend; pass eps > 0 to avoid it). INTL_KERNELS_CUDA_SYMMETRIC=0 turns the
+// symmetric products off (plain GEMMs), for measuring what they gain.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+
+// The cuBLAS handle comes with ATen's CUDA context, whose header needs the CUDA libraries' headers
+// (cuBLAS, cuSPARSE, cuSOLVER); a toolkit without them builds the operators without symmetric
+// products (setup.py also looks for them in pip's nvidia packages).
+#if __has_include(<cublas_v2.h>) && __has_include(<cublasLt.h>) && __has_include(<cusparse.h>) && \
+    __has_include(<cusolverDn.h>)
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
+#define INTL_KERNELS_SYMMETRIC_PRODUCTS 1
+#else
+#define INTL_KERNELS_SYMMETRIC_PRODUCTS 0
+#endif
 
 #include "../ops.h"
 
@@ -162,7 +180,91 @@ bool newton_small_cuda(const at::Tensor& sn, int64_t iterations, at::Tensor& p_t
   return true;
 }
 
-constexpr DeviceKernels kCudaKernels{&centre_cuda, &newton_small_cuda};
+#if INTL_KERNELS_SYMMETRIC_PRODUCTS
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;
+
+// cuBLAS wrote one triangle of each (n, n) matrix C (in its column-major view: C(r, c) at r + c n,
+// r <= c; the lower triangle of the row-major matrix). Sets C = C + beta Z on that triangle and
+// mirrors it, so C is exactly symmetric. One block per 32 x 32 tile (i, j) with i <= j: it reads
+// only its own tile of the written triangle (and of Z, symmetric), and writes that tile and its
+// mirror (j, i), the transpose staged in shared memory so both writes are coalesced; on a diagonal
+// tile the unwritten half reads the written one. No element is read by one block and written by
+// another, so Z may alias C.
+template <typename T>
+__global__ void symmetric_epilogue_kernel(T* c, const T* z, T beta, int64_t n) {
+  const int64_t ti = blockIdx.x, tj = blockIdx.y;
+  if (ti > tj) return;
+  __shared__ T tile[kTile][kTile + 1];
+  const int64_t offset = static_cast<int64_t>(blockIdx.z) * n * n;
+  const int64_t r0 = ti * kTile, c0 = tj * kTile;
+  for (int y = threadIdx.y; y < kTile; y += kTileRows) {
+    const int64_t r = r0 + threadIdx.x, col = c0 + y;
+    if (r < n && col < n) {
+      const int64_t at = r <= col ? r + col * n : col + r * n;  // the written element of the pair
+      tile[y][threadIdx.x] = c[offset + at] + (z != nullptr ? beta * z[offset + at] : T(0));
+    }
+  }
+  __syncthreads();
+  for (int y = threadIdx.y; y < kTile; y += kTileRows) {
+    const int64_t r = r0 + threadIdx.x, col = c0 + y;
+    if (r < n && col < n) c[offset + r + col * n] = tile[y][threadIdx.x];
+    const int64_t mr = c0 + threadIdx.x, mc = r0 + y;  // the mirror tile (j, i)
+    if (ti != tj && mr < n && mc < n) c[offset + mr + mc * n] = tile[threadIdx.x][y];
+  }
+}
+
+cublasStatus_t syrkx(cublasHandle_t handle, int n, const float* alpha, const float* x, const float* y,
+                     const float* beta, float* c) {
+  return cublasSsyrkx(handle, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, n, n, alpha, x, n, y, n, beta, c, n);
+}
+
+cublasStatus_t syrkx(cublasHandle_t handle, int n, const double* alpha, const double* x, const double* y,
+                     const double* beta, double* c) {
+  return cublasDsyrkx(handle, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, n, n, alpha, x, n, y, n, beta, c, n);
+}
+
+bool symmetric_products_enabled() {
+  const char* choice = std::getenv("INTL_KERNELS_CUDA_SYMMETRIC");
+  return choice == nullptr || std::strcmp(choice, "0") != 0;
+}
+
+// DeviceKernels::symmetric_product. In cuBLAS's column-major view the row-major x, y are x^T, y^T;
+// syrkx(A = x^T, B = y^T) = x^T y (only its upper triangle, the row-major lower one), which is x y
+// for the symmetric x of every Newton product. One syrkx per group (cuBLAS has no batched syrkx).
+bool symmetric_product_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
+                            const at::Tensor& z, double beta) {
+  const int64_t n = out.size(-1);
+  const auto dtype = out.scalar_type();
+  const bool dense = out.is_contiguous() && x.is_contiguous() && y.is_contiguous() &&
+                     (!z.defined() || z.is_contiguous());
+  if (n <= kSmallNewton || n >= (int64_t{1} << 31) || (dtype != at::kFloat && dtype != at::kDouble) ||
+      !dense || !symmetric_products_enabled()) {
+    return false;
+  }
+  const int64_t groups = out.size(0);
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  TORCH_CHECK(groups < 65536 && tiles < 65536, "symmetric_product: too many groups or tiles for one launch");
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "symmetric_product", [&] {
+    const scalar_t scale = static_cast<scalar_t>(alpha), zero = 0;
+    const int64_t size = n * n;
+    for (int64_t g = 0; g < groups; ++g) {
+      TORCH_CUDABLAS_CHECK(syrkx(handle, static_cast<int>(n), &scale, x.data_ptr<scalar_t>() + g * size,
+                                 y.data_ptr<scalar_t>() + g * size, &zero, out.data_ptr<scalar_t>() + g * size));
+    }
+    const dim3 grid(tiles, tiles, groups), block(kTile, kTileRows);
+    symmetric_epilogue_kernel<scalar_t><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        out.data_ptr<scalar_t>(), z.defined() ? z.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(beta), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return true;
+}
+
+constexpr DeviceKernels kCudaKernels{&centre_cuda, &newton_small_cuda, &symmetric_product_cuda};
+#else
+constexpr DeviceKernels kCudaKernels{&centre_cuda, &newton_small_cuda, nullptr};
+#endif
 
 ForwardResult forward_cuda_op(const at::Tensor& a, int64_t iterations, double eps, int64_t ddof,
                               bool keep_iterates) {

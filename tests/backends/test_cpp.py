@@ -175,3 +175,28 @@ def test_unsupported_dtypes_are_reported_not_dispatched():
 def test_cuda_backend_says_why_it_cannot_run_here():
     reason = cpp.cuda_unusable_reason(torch.device("cpu"), torch.float32)
     assert "CUDA tensors only" in reason
+
+
+@pytest.mark.skipif(
+    cpp.cuda_unusable_reason(torch.device("cuda"), torch.float32) is not None,
+    reason=f"{cpp.cuda_unusable_reason(torch.device('cuda'), torch.float32)}",
+)
+@pytest.mark.parametrize("symmetric", ["1", "0"], ids=["syrkx", "gemm"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(3, 150, 200), (2, 300, 96)])
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "recomputed"])
+def test_cuda_newton_products_match_reference(monkeypatch, symmetric, dtype, shape, keep):
+    # n = 150 and 96 (> 64, past the one-block Newton kernel; not multiples of the 32-wide mirror
+    # tiles), several groups (one syrkx each): the symmetric products and their epilogue, or GEMMs.
+    monkeypatch.setenv("INTL_KERNELS_CUDA_SYMMETRIC", symmetric)
+    a = torch.randn(shape, dtype=torch.float64, device="cuda")
+    grad = torch.randn(shape, dtype=torch.float64, device="cuda")
+    leaf = a.to(dtype).requires_grad_(True)
+    out = whiten_groups(leaf, 5, 0.0, 1, backend="cuda", recompute=not keep)[0]
+    (got_grad,) = torch.autograd.grad(out, leaf, grad.to(dtype))
+    reference_leaf = a.clone().requires_grad_(True)
+    expected = whiten_groups_reference(reference_leaf, 5, 0.0, 1)
+    (expected_grad,) = torch.autograd.grad(expected, reference_leaf, grad)
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-4
+    assert_close(out.double(), expected.detach(), tolerance)
+    assert_close(got_grad.double(), expected_grad, tolerance)
