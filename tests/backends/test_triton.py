@@ -296,3 +296,42 @@ def test_import_does_not_need_triton():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.0])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_torch_compile_keeps_the_kernels_in_one_graph(newton_path, eps, recompute):
+    # Under the compiler each pass is one opaque operator: one graph with dynamic shapes, even with
+    # eps = 0 (the zero-trace check runs inside the operator). The one-program Newton path returns
+    # its iterates as views of one buffer, which the operator must copy (outputs may not alias).
+    # Literal eps: with dynamic=True a float from the enclosing scope would become symbolic.
+    if eps:
+
+        def whiten(t):
+            return iternorm(t, 1, 4, eps=0.1, backend="triton", recompute=recompute)
+    else:
+
+        def whiten(t):
+            return iternorm(t, 1, 4, eps=0.0, backend="triton", recompute=recompute)
+
+    compiled = torch.compile(whiten, backend="aot_eager", fullgraph=True, dynamic=True)
+    for n in (10, 13):
+        x = torch.randn(n, 24, device=DEVICE)
+        grad = torch.randn(n, 24, device=DEVICE)
+        results = []
+        for fn in (compiled, whiten):
+            leaf = x.clone().requires_grad_(True)
+            out = fn(leaf)
+            results.append((out, *torch.autograd.grad(out, leaf, grad)))
+        for actual, expected in zip(*results, strict=True):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("keep_iterates", [True, False])
+def test_compile_operators_pass_opcheck(newton_path, keep_iterates):
+    a = _groups((2, 7, 12), torch.float32, transposed=False)
+    ops = torch.ops.intl_kernels_triton
+    torch.library.opcheck(ops.forward, (a, 3, 0.1, 1, keep_iterates))
+    out, mean, w, sn, trace, *iterates = ops.forward(a, 3, 0.1, 1, keep_iterates)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(ops.backward, (a, mean, sn, trace, w, iterates, grad, 3, 1, not keep_iterates))

@@ -9,8 +9,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from intl_kernels.backends.base import Backend
 from intl_kernels.backends.staged import Stages, staged_backend
-from intl_kernels.backends.torch_ops import NewtonIterates
+from intl_kernels.backends.torch_ops import NewtonIterates, compute_dtype
 
 _INTERPRETER_VARIABLE = "TRITON_INTERPRET"
 
@@ -88,7 +89,7 @@ def gram_backward(source: Tensor, mean: Tensor, grad_k: Tensor, grad_ac: Tensor,
     return _modules()[1].gram_backward(source, mean, grad_k, grad_ac, ddof, _config(source))
 
 
-BACKEND = staged_backend(
+_STAGED = staged_backend(
     "triton",
     Stages(
         gram=gram,
@@ -100,3 +101,76 @@ BACKEND = staged_backend(
     ),
     unusable_reason,
 )
+
+
+# Under torch.compile each pass is one opaque operator with a fake implementation: the compiler
+# cannot trace the kernels' launch code (dynamo stops inside Triton's launcher and interpreter), so
+# a compiled model keeps the whitening in its graph, with dynamic shapes, and even the eps = 0
+# zero-trace check runs inside the operator instead of breaking the graph. Eager calls skip the
+# operator's dispatch cost. Outputs may not alias inputs or each other: the raw input (the saved
+# `source`) and the repeated mean and w are not returned, and views of one buffer (the stacked
+# iterates of the one-program Newton kernel) are returned as copies.
+@torch.library.custom_op("intl_kernels_triton::forward", mutates_args=())
+def _forward_op(a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool) -> list[Tensor]:
+    out, mean, w, (_, _, sn, trace, _, *iterates) = _STAGED.forward(a, iterations, eps, ddof, keep_iterates)
+    return _unshared([a], [out, mean, w, sn, trace, *iterates])
+
+
+def _unshared(inputs: list[Tensor], outputs: list[Tensor]) -> list[Tensor]:
+    """`outputs`, each one sharing memory with an input or an earlier output replaced by a copy
+    (by storage: under the compiler's runtime, views do not always record their base)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs}
+    result = []
+    for t in outputs:
+        storage = t.untyped_storage().data_ptr()
+        result.append(t.clone() if storage in seen else t)
+        seen.add(storage)
+    return result
+
+
+@_forward_op.register_fake
+def _forward_fake(a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool) -> list[Tensor]:
+    groups, p, q = a.shape
+    n, dtype = min(p, q), compute_dtype(a.dtype)
+    kept = 2 * max(iterations - 1, 0) if keep_iterates else 0
+    w, sn, *iterates = [a.new_empty((groups, n, n), dtype=dtype) for _ in range(2 + kept)]
+    out = torch.empty_like(a, dtype=dtype)  # the kernels' output keeps the input's layout
+    mean, trace = a.new_empty((groups, p, 1), dtype=dtype), a.new_empty((groups, 1, 1), dtype=dtype)
+    return [out, mean, w, sn, trace, *iterates]
+
+
+@torch.library.custom_op("intl_kernels_triton::backward", mutates_args=())
+def _backward_op(
+    a: Tensor, mean: Tensor, sn: Tensor, trace: Tensor, w: Tensor, iterates: list[Tensor], grad_out: Tensor,
+    iterations: int, ddof: int, recompute: bool,
+) -> Tensor:  # fmt: skip
+    return _STAGED.backward((a, mean, sn, trace, w, *iterates), grad_out, iterations, ddof, recompute)
+
+
+@_backward_op.register_fake
+def _backward_fake(
+    a: Tensor, mean: Tensor, sn: Tensor, trace: Tensor, w: Tensor, iterates: list[Tensor], grad_out: Tensor,
+    iterations: int, ddof: int, recompute: bool,
+) -> Tensor:  # fmt: skip
+    return torch.empty_like(a, dtype=w.dtype)
+
+
+def _forward(
+    a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    if not torch.compiler.is_compiling():
+        return _STAGED.forward(a, iterations, eps, ddof, keep_iterates)
+    out, mean, w, sn, trace, *iterates = _forward_op(a, iterations, eps, ddof, keep_iterates)
+    return out, mean, w, (a, mean, sn, trace, w, *iterates)
+
+
+def _backward(
+    saved: tuple[Tensor, ...], grad_out: Tensor, iterations: int, ddof: int, recompute: bool
+) -> Tensor:
+    if not torch.compiler.is_compiling():
+        return _STAGED.backward(saved, grad_out, iterations, ddof, recompute)
+    a, mean, sn, trace, w, *iterates = saved
+    return _backward_op(a, mean, sn, trace, w, iterates, grad_out, iterations, ddof, recompute)
+
+
+BACKEND = Backend("triton", _forward, _backward, unusable_reason)
