@@ -335,3 +335,11 @@ def test_compile_operators_pass_opcheck(newton_path, keep_iterates):
     out, mean, w, sn, trace, *iterates = ops.forward(a, 3, 0.1, 1, keep_iterates)
     grad = torch.randn_like(out)
     torch.library.opcheck(ops.backward, (a, mean, sn, trace, w, iterates, grad, 3, 1, not keep_iterates))
+
+
+def test_groups_beyond_32_bit_offsets_are_refused_clearly():
+    # Metadata only (meta tensors): a 2 x 2 group whose row stride reaches past 2^31 elements.
+    wide = torch.empty_strided((1, 2, 2), (0, 2**31, 1), device="meta")
+    with pytest.raises(ValueError, match="32-bit offsets.*spanning 2147483650 elements"):
+        backend.check_index_range(wide, "input")
+    backend.check_index_range(torch.empty(3, 2**15, 2**15, device="meta"), "input")  # 2^30 each: fine

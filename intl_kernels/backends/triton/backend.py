@@ -155,9 +155,22 @@ def _backward_fake(
     return torch.empty_like(a, dtype=w.dtype)
 
 
+def check_index_range(t: Tensor, name: str) -> None:
+    """The kernels index within one group with 32-bit offsets (groups use 64-bit ones): refuse a
+    group whose elements reach 2^31 positions, which would wrap around instead of failing."""
+    _, p, q = t.shape
+    reach = 1 + (p - 1) * abs(t.stride(1)) + (q - 1) * abs(t.stride(2))
+    if max(reach, p * q) >= 2**31:
+        raise ValueError(
+            f"the triton backend indexes each group with 32-bit offsets, but the {name} has a "
+            f"{p} x {q} group spanning {reach} elements (>= 2^31); use backend='cuda' or 'torch'"
+        )
+
+
 def _forward(
     a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    check_index_range(a, "input")
     if not torch.compiler.is_compiling():
         return _STAGED.forward(a, iterations, eps, ddof, keep_iterates)
     out, mean, w, sn, trace, *iterates = _forward_op(a, iterations, eps, ddof, keep_iterates)
@@ -167,6 +180,7 @@ def _forward(
 def _backward(
     saved: tuple[Tensor, ...], grad_out: Tensor, iterations: int, ddof: int, recompute: bool
 ) -> Tensor:
+    check_index_range(grad_out, "output gradient")
     if not torch.compiler.is_compiling():
         return _STAGED.backward(saved, grad_out, iterations, ddof, recompute)
     a, mean, sn, trace, w, *iterates = saved
