@@ -37,7 +37,9 @@ def check_settings(iterations: Any, eps: Any) -> None:
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+    # Comparisons, not math.isfinite: they also trace when torch.compile makes eps symbolic (NaN
+    # and inf fail them as well).
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
         raise ValueError(f"eps must be a finite real number >= 0, got {eps!r}")
 
 
