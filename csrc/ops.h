@@ -68,8 +68,9 @@ struct DeviceKernels {
   // out = alpha x y + beta z (no z term when z is undefined) for (g, n, n) matrices where x and
   // x y are symmetric (every Newton product: the iterates are polynomials of Sn, so they commute),
   // computing one triangle of x y and mirroring it; returns false when it does not handle the
-  // operands (the composition then runs a full GEMM). Uses only the lower triangle of x y
-  // (row-major), as x^T y: a product that is not symmetric gives wrong results, not just slow ones.
+  // operands (the composition then runs a full GEMM). Computes y^T x (equal to x y for these
+  // operands) and keeps its lower triangle (row-major): a product that is not symmetric gives
+  // wrong results, not just slow ones.
   bool (*symmetric_product)(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
                             const at::Tensor& z, double beta);
 };

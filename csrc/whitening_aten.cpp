@@ -177,8 +177,8 @@ void centre_aten(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
 bool symmetric_product_aten(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
                             const at::Tensor& z, double beta) {
   // The contract of DeviceKernels::symmetric_product, kept exactly on CPU so that the tests of the
-  // ATen path check the Newton loop's use of it: x^T y, its lower triangle mirrored.
-  const auto full = at::bmm(x.mT(), y);
+  // ATen path check the Newton loop's use of it: y^T x, its lower triangle mirrored.
+  const auto full = at::bmm(y.mT(), x);
   const auto symmetric = full.tril().add_(full.tril(-1).mT());
   if (z.defined()) {
     at::add_out(out, z.mul(beta), symmetric, alpha);

@@ -230,8 +230,9 @@ bool symmetric_products_enabled() {
 }
 
 // DeviceKernels::symmetric_product. In cuBLAS's column-major view the row-major x, y are x^T, y^T;
-// syrkx(A = x^T, B = y^T) = x^T y (only its upper triangle, the row-major lower one), which is x y
-// for the symmetric x of every Newton product. One syrkx per group (cuBLAS has no batched syrkx).
+// syrkx(A = x^T, B = y^T) writes the upper triangle of A B^T = x^T y, which read back row-major is
+// the lower triangle of (x^T y)^T = y^T x: x y for the symmetric, commuting operands of every
+// Newton product. One syrkx per group (cuBLAS has no batched syrkx).
 bool symmetric_product_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
                             const at::Tensor& z, double beta) {
   const int64_t n = out.size(-1);
