@@ -141,7 +141,7 @@ def _inputs(shape: tuple[int, int, int, bool], dtype: torch.dtype) -> torch.Tens
 
 def exercise(arch: int) -> None:
     """Run every backend path once (results are garbage: nothing is launched)."""
-    table = config._TABLE[max(k for k in config._TABLE if k <= divmod(arch, 10))]
+    table = config.for_capability(divmod(arch, 10))
     cases = [(dtype, precision) for dtype in DTYPES.values() for precision in
              (config.PRECISIONS if dtype == torch.float32 else ("ieee",))]  # fmt: skip
     with config.override(**dataclasses.asdict(table)):

@@ -264,8 +264,11 @@ def test_unusable_reasons(monkeypatch):
 def test_config_table_covers_sm80_and_sm90():
     from intl_kernels.backends.triton import config
 
-    assert {(8, 0), (9, 0)} <= set(config._TABLE)
-    for row in config._TABLE.values():
+    assert {(8, 0), (9, 0)} <= set(config.table())
+    assert config.for_capability((9, 0)) == config.table()[(9, 0)]
+    assert config.for_capability((8, 6)) == config.table()[(8, 0)]  # the closest row below
+    assert config.for_capability((10, 0)) == config.table()[(9, 0)]
+    for row in config.table().values():
         # tl.dot needs every tile dimension >= 16, and the tiles are powers of two.
         for size in (row.block, row.block_k, row.product_m, row.product_n):
             assert size >= 16 and size & (size - 1) == 0

@@ -36,7 +36,7 @@ def test_every_kernel_compiles_and_fits(arch: int, tmp_path: Path) -> None:
     rows = json.loads(report.read_text())["rows"]
     assert {r["kernel"] for r in rows} == KERNELS
     assert all("error" not in r for r in rows)
-    limit = config._TABLE[divmod(arch, 10)].shared_memory
+    limit = config.for_capability(divmod(arch, 10)).shared_memory
     assert max(r["shared"] for r in rows) <= limit
     # Every dtype and fp32 precision reached the compiler.
     assert {p for r in rows for p in r["pointers"]} >= {"*fp64", "*fp32", "*bf16", "*fp16"}

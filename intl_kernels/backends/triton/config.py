@@ -92,13 +92,23 @@ _INTERPRETER = Config(
 _override: dict | None = None
 
 
+def for_capability(capability: tuple[int, int]) -> Config:
+    """The GPU table's row for a compute capability: the closest one at or below it (sm_80's for
+    older GPUs, which the backend refuses anyway)."""
+    return _TABLE[max((k for k in _TABLE if k <= capability), default=(8, 0))]
+
+
+def table() -> dict[tuple[int, int], Config]:
+    """Every row of the GPU table, by compute capability."""
+    return dict(_TABLE)
+
+
 def for_device(device: torch.device, interpreted: bool) -> Config:
     """The configuration for tensors on `device` (the interpreter's when kernels are interpreted)."""
     if interpreted or device.type != "cuda":
         base = _INTERPRETER
     else:
-        capability = torch.cuda.get_device_capability(device)
-        base = _TABLE[max(k for k in _TABLE if k <= capability)] if capability >= (8, 0) else _TABLE[(8, 0)]
+        base = for_capability(torch.cuda.get_device_capability(device))
     return dataclasses.replace(base, **_override) if _override else base
 
 
