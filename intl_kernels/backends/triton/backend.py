@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from types import ModuleType
 
@@ -16,14 +15,23 @@ from intl_kernels.backends.torch_ops import NewtonIterates, compute_dtype
 _INTERPRETER_VARIABLE = "TRITON_INTERPRET"
 
 
-@functools.cache
+_imported: list[tuple[ModuleType, ModuleType, ModuleType, ModuleType] | str] = []
+
+
 def _modules() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType] | str:
-    """(config, gram, newton, whiten), imported once; or why Triton cannot be imported."""
-    try:
-        from intl_kernels.backends.triton import config, gram, newton, whiten
-    except ImportError as exc:
-        return f"Triton is not available ({exc})"
-    return config, gram, newton, whiten
+    """(config, gram, newton, whiten), imported once; or why Triton cannot be imported.
+
+    Memoised by hand, not with functools.cache: torch.compile traces this (backend dispatch runs
+    inside a compiled model) and warns about every cache wrapper it meets.
+    """
+    if not _imported:
+        try:
+            from intl_kernels.backends.triton import config, gram, newton, whiten
+        except ImportError as exc:
+            _imported.append(f"Triton is not available ({exc})")
+        else:
+            _imported.append((config, gram, newton, whiten))
+    return _imported[0]
 
 
 def _interpreted() -> bool:
