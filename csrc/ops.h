@@ -69,8 +69,8 @@ struct DeviceKernels {
   // x y are symmetric (every Newton product: the iterates are polynomials of Sn, so they commute),
   // computing one triangle of x y and mirroring it; returns false when it does not handle the
   // operands (the composition then runs a full GEMM). Computes y^T x (equal to x y for these
-  // operands) and keeps its lower triangle (row-major): a product that is not symmetric gives
-  // wrong results, not just slow ones.
+  // operands) and keeps its lower triangle (row-major), and z's: a product that is not symmetric
+  // gives wrong results, not just slow ones.
   bool (*symmetric_product)(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
                             const at::Tensor& z, double beta);
 };

@@ -177,11 +177,12 @@ void centre_aten(const at::Tensor& a, at::Tensor& mean, at::Tensor& source) {
 bool symmetric_product_aten(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, double alpha,
                             const at::Tensor& z, double beta) {
   // The contract of DeviceKernels::symmetric_product, kept exactly on CPU so that the tests of the
-  // ATen path check the Newton loop's use of it: y^T x, its lower triangle mirrored.
-  const auto full = at::bmm(y.mT(), x);
-  const auto symmetric = full.tril().add_(full.tril(-1).mT());
+  // ATen path check the Newton loop's use of it: y^T x, its lower triangle mirrored; z's lower
+  // triangle mirrored too (the CUDA epilogue reads z where it reads the product).
+  const auto lower_mirrored = [](const at::Tensor& t) { return t.tril().add_(t.tril(-1).mT()); };
+  const auto symmetric = lower_mirrored(at::bmm(y.mT(), x));
   if (z.defined()) {
-    at::add_out(out, z.mul(beta), symmetric, alpha);
+    at::add_out(out, lower_mirrored(z).mul_(beta), symmetric, alpha);
   } else {
     at::mul_out(out, symmetric, alpha);
   }

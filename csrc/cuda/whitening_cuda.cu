@@ -190,7 +190,7 @@ constexpr int kTileRows = 8;
 // only its own tile of the written triangle (and of Z, symmetric), and writes that tile and its
 // mirror (j, i), the transpose staged in shared memory so both writes are coalesced; on a diagonal
 // tile the unwritten half reads the written one. No element is read by one block and written by
-// another, so Z may alias C.
+// another. Z must not be C: syrkx has overwritten C's triangle before this runs.
 template <typename T>
 __global__ void symmetric_epilogue_kernel(T* c, const T* z, T beta, int64_t n) {
   const int64_t ti = blockIdx.x, tj = blockIdx.y;
@@ -239,13 +239,14 @@ bool symmetric_product_cuda(at::Tensor& out, const at::Tensor& x, const at::Tens
   const auto dtype = out.scalar_type();
   const bool dense = out.is_contiguous() && x.is_contiguous() && y.is_contiguous() &&
                      (!z.defined() || z.is_contiguous());
-  if (n <= kSmallNewton || n >= (int64_t{1} << 31) || (dtype != at::kFloat && dtype != at::kDouble) ||
-      !dense || !symmetric_products_enabled()) {
-    return false;
-  }
   const int64_t groups = out.size(0);
   const int64_t tiles = (n + kTile - 1) / kTile;
-  TORCH_CHECK(groups < 65536 && tiles < 65536, "symmetric_product: too many groups or tiles for one launch");
+  // Beyond one launch's grid (65535 groups or tiles), or with z in out's memory (syrkx writes out
+  // before the epilogue reads z), the GEMMs do it.
+  if (n <= kSmallNewton || groups >= 65536 || tiles >= 65536 || (dtype != at::kFloat && dtype != at::kDouble) ||
+      !dense || (z.defined() && z.is_alias_of(out)) || !symmetric_products_enabled()) {
+    return false;
+  }
   cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
   AT_DISPATCH_FLOATING_TYPES(dtype, "symmetric_product", [&] {
     const scalar_t scale = static_cast<scalar_t>(alpha), zero = 0;
