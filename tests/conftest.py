@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -47,3 +48,19 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> N
     assert torch.isfinite(actual).all(), "non-finite values"
     error = (actual - expected).norm() / expected.norm().clamp_min(1e-300)
     assert error <= rtol, f"relative error {error:.3e} > {rtol:.1e}"
+
+
+def assert_compiles_like_eager(fn: Callable[[torch.Tensor], torch.Tensor], device: str = "cpu") -> None:
+    """torch.compile(fn) as one graph with dynamic shapes (aot_eager) matches fn's output and input
+    gradient on (n, 24) batches of two sizes."""
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=True)
+    for n in (10, 13):
+        x = torch.randn(n, 24, device=device)
+        grad = torch.randn(n, 24, device=device)
+        results = []
+        for f in (compiled, fn):
+            leaf = x.clone().requires_grad_(True)
+            out = f(leaf)
+            results.append((out, *torch.autograd.grad(out, leaf, grad)))
+        for actual, expected in zip(*results, strict=True):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
