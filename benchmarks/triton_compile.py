@@ -10,9 +10,11 @@ program per group and tiled), both layouts, split reductions, and backward with 
 recomputed iterates, with the GPU configuration table's tile sizes for that architecture.
 
 Prints one row per compiled kernel: shared memory, registers per thread and local memory (spills)
-from the cubin, and exits 1 when a kernel fails to compile or needs more shared memory than the
-architecture gives a block. What it cannot tell: whether results are right or fast (that needs a
-GPU: `gpu_check.sh`). The interpreter tests check the same kernels' results on CPU.
+from the cubin, and the fp32 -> tf32 conversions in its PTX (`benchmarks/precision_study.py` models
+tensor-core rounding on them: none for "tf32", a split for "tf32x3"), and exits 1 when a kernel
+fails to compile or needs more shared memory than the architecture gives a block. What it cannot
+tell: whether results are right or fast (that needs a GPU: `gpu_check.sh`). The interpreter tests
+check the same kernels' results on CPU.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def _compile(target: GPUTarget, src: ASTSource, options: dict, row: dict) -> dic
         row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
     else:
         row["shared"] = kernel.metadata.shared
+        row["tf32_conversions"] = kernel.asm["ptx"].count("cvt.rna.tf32.f32")
         row.update(resource_usage(kernel.asm["cubin"]))
     return row
 
