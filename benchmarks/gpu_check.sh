@@ -4,19 +4,27 @@
 #
 #     bash benchmarks/gpu_check.sh            # writes benchmarks/results/<date>-<gpu>.{json,md,...}
 #
+# Through the device tool only files under $OUT come back (8 at most): when OUT is set, every
+# result and log is also packed into $OUT/gpu-check.tar.gz, renewed after each step so that a run
+# cut short still returns what it finished. Back here:
+#     tar xzf <files_at>/gpu-check.tar.gz -C benchmarks/results   # then commit them
+#
 # Steps, each with its own time limit, none stopping the others when it fails, and all within one
 # overall budget (BUDGET seconds, default 470: a step that would start later is skipped):
 #   1. build intl_kernels._C in place against the machine's torch: C++ and CUDA operators for this
 #      GPU's architecture only (faster); the C++ operators alone when no CUDA toolkit is there
 #   2. correctness of every backend usable on CUDA against the float64 reference (gpu_selftest.py)
 #   3. intl-bench --preset all on CUDA (no torch.compile baseline: its compile time per case is long)
-#   4. the square preset again with the cuda backend's Newton products as plain GEMMs
+#   4. the precision study on the GPU's tensor cores: errors of each Triton product precision
+#      against float64 (benchmarks/precision_study.py; on CPU it emulates them)
+#   5. the square preset again with the cuda backend's Newton products as plain GEMMs
 #      (INTL_KERNELS_CUDA_SYMMETRIC=0), against cuBLAS syrkx in step 3
-#   5. the INTL training-step benchmark (needs torchvision)
-#   6. 30 steps of the demo pretraining on the GPU (bf16 autocast, channels_last): trainer img/s
-#   7. the torch.compile baseline on the INTL ImageNet shape, axis 0 (the goals are judged on it)
-#   8. the pytest suite when pytest is installed (the backend tests run on CUDA where it exists;
-#      not the build tests: step 1 built the sources)
+#   6. the INTL training-step benchmark (needs torchvision)
+#   7. 30 steps of the demo pretraining on the GPU (bf16 autocast, channels_last): trainer img/s
+#   8. the torch.compile baseline on the INTL ImageNet shape, axis 0 (the goals are judged on it)
+#   9. the pytest suite when pytest is installed (the backend tests run on CUDA where it exists;
+#      not the build tests: step 1 built the sources; 8 processes when pytest-xdist is there,
+#      since compiling Triton kernels takes most of its time)
 # The last lines printed are a short summary table.
 set -u
 cd "$(dirname "$0")/.."
@@ -45,6 +53,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, remember t
     local rc=$?
     tail -n 15 "$prefix-$name.log"
     status+=("$name: rc=$rc, $((SECONDS - begin))s")
+    bundle
+}
+
+bundle() {  # pack the results so far for the device tool (a no-op elsewhere)
+    [ -n "${OUT:-}" ] || return 0
+    printf '%s\n' "${status[@]}" > "$prefix-status.txt"
+    tar czf "$OUT/gpu-check.tar.gz.part" -C "$out" $(cd "$out" && ls -d "$stamp-$gpu"*) \
+        && mv "$OUT/gpu-check.tar.gz.part" "$OUT/gpu-check.tar.gz"
 }
 
 {
@@ -61,6 +77,7 @@ step build 200 sh -c "FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch $python setup.py b
 step selftest 60 $python benchmarks/gpu_selftest.py --device cuda --json "$prefix-selftest.json"
 step bench 150 $python -m intl_kernels.bench.cli --device cuda --preset all --repeats 5 --no-compile \
     --json "$prefix.json" --csv "$prefix.csv" --plot "$prefix.png"
+step precision 60 $python benchmarks/precision_study.py --device cuda --json "$prefix-precision.json"
 # The cuda backend's Newton products as plain GEMMs, against the syrkx ones measured just above.
 step square-gemm 40 env INTL_KERNELS_CUDA_SYMMETRIC=0 $python -m intl_kernels.bench.cli --device cuda \
     --preset square --backends cuda --repeats 5 --no-compile --json "$prefix-square-gemm.json"
@@ -72,7 +89,9 @@ step compile 90 $python -m intl_kernels.bench.cli --device cuda --preset intl-im
     --backends torch cuda triton --json "$prefix-compile.json"
 if $python -c "import pytest" 2>/dev/null; then
     # tests/test_build.py is left out: step 1 built (and so checked) the CUDA sources already.
-    step pytest 120 $python -m pytest -q tests --ignore=tests/train --ignore=tests/test_build.py -p no:cacheprovider
+    workers=$($python -c "import xdist" 2>/dev/null && echo "-n 8")
+    step pytest 120 $python -m pytest -q $workers tests --ignore=tests/train --ignore=tests/test_build.py \
+        -p no:cacheprovider
 else
     status+=("pytest: skipped, pytest is not installed here")
 fi
@@ -87,4 +106,5 @@ fi
 echo "=== summary ($prefix.*)"
 printf '%s\n' "${status[@]}"
 [ -s "$prefix.md" ] && cat "$prefix.md"
+bundle
 exit 0

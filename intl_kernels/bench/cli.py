@@ -13,6 +13,7 @@ import argparse
 import csv
 import datetime
 import json
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -86,8 +87,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def metadata(argv: Sequence[str], device: torch.device, dtype: str) -> dict[str, Any]:
+    # The package's switches (INTL_TRITON_PRECISION, ...) change what runs: part of the command.
+    switches = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("INTL_")]
     meta = {
-        "command": " ".join(["intl-bench", *argv]),
+        "command": " ".join([*switches, "intl-bench", *argv]),
         "date": datetime.date.today().isoformat(),
         "intl_kernels": __version__,
         "torch": torch.__version__,

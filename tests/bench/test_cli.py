@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from intl_kernels.bench.cases import PRESETS, Case, bytes_moved, expand, flops, parse_shape
-from intl_kernels.bench.cli import main
+from intl_kernels.bench.cli import main, metadata
 
 ROW_KEYS = {
     "case", "axis", "T", "mode", "backend", "median_s", "min_s", "max_s", "repeats", "speedup_vs_reference",
@@ -118,3 +119,12 @@ def test_train_step_benchmark_runs(tmp_path, capsys):
     rows = json.loads((tmp_path / "t.json").read_text())["train_step"]
     assert [row["backend"] for row in rows] == ["reference", "torch"]
     assert all(0 < row["whitening_share"] and row["images_per_s"] > 0 for row in rows)
+
+
+def test_package_switches_are_part_of_the_recorded_command(monkeypatch):
+    monkeypatch.setenv("INTL_TRITON_PRECISION", "ieee")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "1")
+    meta = metadata(["--quick"], torch.device("cpu"), "float32")
+    command = meta["command"]
+    assert command.startswith("INTL_TRITON_PRECISION=ieee ") and command.endswith("intl-bench --quick")
+    assert "UNRELATED_VARIABLE" not in command
