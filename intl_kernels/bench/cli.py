@@ -111,6 +111,11 @@ def metadata(argv: Sequence[str], device: torch.device, dtype: str) -> dict[str,
     return meta
 
 
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def default_backends(device: torch.device) -> list[str]:
     """Every backend but the reference; on CPU not "triton": its kernels run there only through the
     Triton interpreter, ~300x slower than compiled, a check of correctness rather than of speed
@@ -192,12 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {meta['command']} | {meta.get('gpu', meta['cpu'])}, torch {meta['torch']}, {args.dtype}, "
               f"{meta['threads']} threads | measured peaks: {meta['matmul_tflops']:.2f} TFLOP/s matmul, "
               f"{meta['copy_gbytes_per_s']:.1f} GB/s copy | usable: {usable}")  # fmt: skip
-        rows = []
+        rows = result["rows"] = []
         for case in cases:
             rows += bench_case(
                 case, backends, dtype, device, repeats, limits, with_compile=not args.no_compile
             )
-        result["rows"] = rows
+            if args.json:  # after every case: a run cut short (a time limit) keeps what it measured
+                write_json(result, args.json)
         print(format_table(rows))
         if args.csv:
             keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -206,8 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer.writeheader()
                 writer.writerows(rows)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, args.json)
     if args.plot and "rows" in result:
         try:
             plot(result["rows"], args.plot)

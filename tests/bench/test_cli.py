@@ -128,3 +128,22 @@ def test_package_switches_are_part_of_the_recorded_command(monkeypatch):
     command = meta["command"]
     assert command.startswith("INTL_TRITON_PRECISION=ieee ") and command.endswith("intl-bench --quick")
     assert "UNRELATED_VARIABLE" not in command
+
+
+def test_a_run_cut_short_keeps_the_cases_it_measured(tmp_path, monkeypatch):
+    import intl_kernels.bench.cli as cli
+
+    measured = cli.bench_case
+
+    def bench_case(case, *args, **kwargs):
+        if case.d == 12:
+            raise KeyboardInterrupt  # what a time limit's signal does to the run
+        return measured(case, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "bench_case", bench_case)
+    path = tmp_path / "r.json"
+    argv = ["--shapes", "8x10", "8x12", "--axis", "0", "--repeats", "1", "--backends", "torch"]
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--no-compile", "--json", str(path)])
+    rows = json.loads(path.read_text())["rows"]
+    assert rows and {row["case"] for row in rows} == {"8x10"}
