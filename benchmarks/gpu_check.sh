@@ -19,10 +19,12 @@
 #      against float64 (benchmarks/precision_study.py; on CPU it emulates them)
 #   5. the square preset again with the cuda backend's Newton products as plain GEMMs
 #      (INTL_KERNELS_CUDA_SYMMETRIC=0), against cuBLAS syrkx in step 3
-#   6. the INTL training-step benchmark (needs torchvision)
-#   7. 30 steps of the demo pretraining on the GPU (bf16 autocast, channels_last): trainer img/s
-#   8. the torch.compile baseline on the INTL ImageNet shape, axis 0 (the goals are judged on it)
-#   9. the pytest suite when pytest is installed (the backend tests run on CUDA where it exists;
+#   6. the Triton backend with exact fp32 products (INTL_TRITON_PRECISION=ieee) on the INTL
+#      ImageNet and square shapes, against the default tf32x3 in step 3
+#   7. the INTL training-step benchmark (needs torchvision)
+#   8. 30 steps of the demo pretraining on the GPU (bf16 autocast, channels_last): trainer img/s
+#   9. the torch.compile baseline on the INTL ImageNet shape, axis 0 (the goals are judged on it)
+#  10. the pytest suite when pytest is installed (the backend tests run on CUDA where it exists;
 #      not the build tests: step 1 built the sources; 8 processes when pytest-xdist is there,
 #      since compiling Triton kernels takes most of its time)
 # The last lines printed are a short summary table.
@@ -81,6 +83,8 @@ step precision 60 $python benchmarks/precision_study.py --device cuda --json "$p
 # The cuda backend's Newton products as plain GEMMs, against the syrkx ones measured just above.
 step square-gemm 40 env INTL_KERNELS_CUDA_SYMMETRIC=0 $python -m intl_kernels.bench.cli --device cuda \
     --preset square --backends cuda --repeats 5 --no-compile --json "$prefix-square-gemm.json"
+step triton-ieee 60 env INTL_TRITON_PRECISION=ieee $python -m intl_kernels.bench.cli --device cuda \
+    --shapes 256x8192 4096x4096 --axis 0 --backends triton --repeats 5 --no-compile --json "$prefix-triton-ieee.json"
 step train-step 60 $python -m intl_kernels.bench.cli --device cuda --train-step --repeats 5 \
     --json "$prefix-train-step.json"
 step pretrain 60 $python -m train.pretrain --device cuda --max_steps 30 --knn_every 0 --num_workers 4 \
@@ -97,7 +101,7 @@ else
 fi
 
 results=()
-for file in "$prefix.json" "$prefix-square-gemm.json" "$prefix-compile.json" "$prefix-train-step.json"; do
+for file in "$prefix.json" "$prefix-square-gemm.json" "$prefix-triton-ieee.json" "$prefix-compile.json" "$prefix-train-step.json"; do
     [ -s "$file" ] && results+=("$file")
 done
 if [ ${#results[@]} -gt 0 ]; then

@@ -1,9 +1,11 @@
-"""Render committed `intl-bench --json` results as the README's Performance tables.
+"""Render committed results as the README's tables: `intl-bench --json` timings and
+`benchmarks/precision_study.py --json` accuracies.
 
     python benchmarks/readme_table.py benchmarks/results/*.json --update README.md
 
-replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers, so that
-the README's numbers are never typed by hand; without --update it prints the tables.
+replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers with the
+timings, and between `<!-- precision:start -->` and `<!-- precision:end -->` with the accuracies,
+so that the README's numbers are never typed by hand; without --update it prints the tables.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+from precision_study import table as precision_table
+
+BLOCKS = ("results", "precision")
 
 
 def _kernel_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -45,23 +49,31 @@ def _train_step_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(paths: list[Path]) -> str:
-    """Markdown: for each results file its command, machine and versions, then its table."""
-    lines: list[str] = []
+def _timings(data: dict[str, Any]) -> list[str]:
+    meta = data["meta"]
+    machine = meta.get("gpu") or f"{meta['cpu']} CPU, {meta['threads']} threads"
+    versions = f"torch {meta['torch']}" + (f", triton {meta['triton']}" if meta.get("triton") else "")
+    table = _train_step_table(data["train_step"]) if "train_step" in data else _kernel_table(data["rows"])
+    return [f"`{meta['command']}` ({meta['date']}; {machine}; {versions}; {meta['dtype']}):", "", *table]
+
+
+def _accuracies(data: dict[str, Any]) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items())
+    header = f"`{data['command']}` ({data['date']}; {data['device']}; {versions}):"
+    return [header, "", precision_table(data["rows"])]
+
+
+def render(paths: list[Path]) -> dict[str, str]:
+    """Markdown per README block: for each results file its command, machine and versions, then
+    its table (precision-study files go to the "precision" block, intl-bench files to "results")."""
+    blocks: dict[str, list[str]] = {name: [] for name in BLOCKS}
     for path in paths:
         data = json.loads(path.read_text())
-        meta = data["meta"]
-        machine = meta.get("gpu") or f"{meta['cpu']} CPU, {meta['threads']} threads"
-        versions = f"torch {meta['torch']}" + (f", triton {meta['triton']}" if meta.get("triton") else "")
-        lines += [
-            f"`{meta['command']}` ({meta['date']}; {machine}; {versions}; {meta['dtype']}):",
-            "",
-        ]
-        lines += (
-            _train_step_table(data["train_step"]) if "train_step" in data else _kernel_table(data["rows"])
-        )
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+        if "meta" in data:
+            blocks["results"] += [*_timings(data), ""]
+        else:
+            blocks["precision"] += [*_accuracies(data), ""]
+    return {name: "\n".join(lines).rstrip() + "\n" for name, lines in blocks.items() if lines}
 
 
 def main() -> None:
@@ -69,15 +81,18 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--update", type=Path, help="README to rewrite between the markers")
     args = parser.parse_args()
-    table = render(args.results)
+    blocks = render(args.results)
     if args.update is None:
-        print(table, end="")
+        print("\n".join(blocks.values()), end="")
         return
     text = args.update.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    if not pattern.search(text):
-        raise SystemExit(f"{args.update}: markers {START} ... {END} not found")
-    args.update.write_text(pattern.sub(lambda _: f"{START}\n{table}{END}", text))
+    for name, markdown in blocks.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        found = re.search(re.escape(start) + ".*?" + re.escape(end), text, re.DOTALL)
+        if not found:
+            raise SystemExit(f"{args.update}: markers {start} ... {end} not found")
+        text = f"{text[: found.start()]}{start}\n{markdown}{end}{text[found.end() :]}"
+    args.update.write_text(text)
 
 
 if __name__ == "__main__":

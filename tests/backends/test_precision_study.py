@@ -1,4 +1,5 @@
-"""benchmarks/precision_study.py: its model of tensor-core rounding, and a quick run of the study.
+"""benchmarks/precision_study.py: its model of tensor-core rounding, a quick run of the study, and
+its table in the README (benchmarks/readme_table.py).
 
 The study chose the "triton" backend's default product precision (README, Backends), so the
 rounding it emulates is checked bit by bit, and its quick run must show what the choice rests on:
@@ -67,3 +68,11 @@ def test_quick_study_runs_and_ranks_the_precisions(tmp_path: Path) -> None:
             assert exact < 1e-4, row
             assert errors["triton tf32x3"][value] < 3 * exact + 1e-6, row
             assert errors["triton tf32"][value] > 10 * exact, row
+    # The README's precision table is rendered from such a file.
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- precision:start -->\nold\n<!-- precision:end -->\nafter\n")
+    render = SCRIPT.with_name("readme_table.py")
+    subprocess.run([sys.executable, str(render), str(report), "--update", str(readme)], check=True)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("before\n") and text.endswith("after\n")
+    assert text.count("| small") == len(rows) and "triton tf32x3 (out / grad)" in text
