@@ -79,7 +79,7 @@ step build 200 sh -c "FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch $python setup.py b
 step selftest 60 $python benchmarks/gpu_selftest.py --device cuda --json "$prefix-selftest.json"
 step bench 150 $python -m intl_kernels.bench.cli --device cuda --preset all --repeats 5 --no-compile \
     --json "$prefix.json" --csv "$prefix.csv" --plot "$prefix.png"
-step precision 60 $python benchmarks/precision_study.py --device cuda --json "$prefix-precision.json"
+step precision 90 $python benchmarks/precision_study.py --device cuda --json "$prefix-precision.json"
 # The cuda backend's Newton products as plain GEMMs, against the syrkx ones measured just above.
 step square-gemm 40 env INTL_KERNELS_CUDA_SYMMETRIC=0 $python -m intl_kernels.bench.cli --device cuda \
     --preset square --backends cuda --repeats 5 --no-compile --json "$prefix-square-gemm.json"

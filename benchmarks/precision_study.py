@@ -242,22 +242,22 @@ def main() -> int:
     import triton
 
     torch.set_num_threads(os.cpu_count() or 1)
-    rows = []
+    rows: list[dict] = []
+    record = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "device": _machine(device),
+        "versions": {"torch": torch.__version__, "triton": triton.__version__, "numpy": np.__version__},
+        "rows": rows,
+    }
     with emulated_tensor_cores() if device.type == "cpu" else contextlib.nullcontext():
         for case in QUICK_CASES if args.quick else CASES:
             for spectrum in SPECTRA:
                 rows.append(measure(case, spectrum, args.seed, device))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
+                if args.json:  # after every row: a run cut short keeps what it measured
+                    args.json.write_text(json.dumps(record, indent=1) + "\n")
     print(table(rows))
-    if args.json:
-        record = {
-            "command": "python " + " ".join(sys.argv),
-            "date": datetime.date.today().isoformat(),
-            "device": _machine(device),
-            "versions": {"torch": torch.__version__, "triton": triton.__version__, "numpy": np.__version__},
-            "rows": rows,
-        }
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
