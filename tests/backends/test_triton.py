@@ -244,6 +244,8 @@ def test_precision_option(monkeypatch):
     from intl_kernels.backends.triton import config
 
     x = torch.randn(12, 30, device=DEVICE)
+    monkeypatch.delenv(config.PRECISION_VARIABLE, raising=False)
+    assert config.precision(torch.float32) == config.DEFAULT_PRECISION == "tf32x3"
     for value in config.PRECISIONS:
         monkeypatch.setenv(config.PRECISION_VARIABLE, value)
         assert config.precision(torch.float32) == value

@@ -4,16 +4,19 @@ Nothing here has been measured on a GPU yet: the sm_80/sm_90 rows are starting p
 usual Triton matmul shapes (128x128 output tiles need too many registers for the fp32 operands these
 kernels load, so 64-wide tiles with 32-deep reductions), and must be re-tuned with `intl-bench` on an
 A100/H100. Under the Triton interpreter one fixed small configuration is used (the interpreter
-ignores warps and stages, and small tiles keep its numpy work small).
+ignores warps and stages, and small tiles let the tests' small shapes span several partial tiles;
+at large shapes they make it slow: `benchmarks/precision_study.py` interprets with the sm_90 row).
 
 Environment:
-    INTL_TRITON_PRECISION  ieee (default), tf32 or tf32x3: how fp32 products use tensor cores.
-        "ieee" is exact fp32 FMA; "tf32" rounds operands to 10 mantissa bits (about 1e-3 relative
-        per product, too coarse for trace-normalised Newton iterates whose eigenvalues reach 1e-4
-        and below at D = 8192); "tf32x3" splits each operand into two tf32 parts (about fp32
-        accuracy at about a third of tf32's speed). The default stays "ieee" until a GPU
-        measurement of accuracy against the reference justifies another. fp64 inputs always use
-        "ieee" (tensor-core precisions apply to fp32 only).
+    INTL_TRITON_PRECISION  tf32x3 (default), ieee or tf32: how fp32 products use tensor cores.
+        "tf32x3" splits each operand into two tf32 parts and sums three tensor-core products;
+        "ieee" is exact fp32 on FMA units (by the H100 datasheet about 67 TFLOP/s against 495 for
+        tf32 tensor cores, so about a third of that for tf32x3; not yet measured); "tf32" rounds
+        operands to 10 mantissa bits. `benchmarks/precision_study.py` measured the three (the
+        kernels under the interpreter with tensor-core rounding emulated, README "Precision of the
+        Triton products"): tf32x3 within 1.6x of ieee's error against float64, both below the fp32
+        eager reference's wherever measured; tf32 3e-4 to 1.5e-1 off. fp64 inputs always use "ieee"
+        (tensor-core precisions apply to fp32 only).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 PRECISION_VARIABLE = "INTL_TRITON_PRECISION"
 PRECISIONS = ("ieee", "tf32", "tf32x3")
+DEFAULT_PRECISION = "tf32x3"
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def pipeline_stages(cfg: Config, staged_elements: int, dtype: torch.dtype) -> in
 
 def precision(dtype: torch.dtype) -> str:
     """The `tl.dot` input precision for products in `dtype` (fp32 from the environment, fp64 ieee)."""
-    chosen = os.environ.get(PRECISION_VARIABLE, "ieee") or "ieee"
+    chosen = os.environ.get(PRECISION_VARIABLE) or DEFAULT_PRECISION
     if chosen not in PRECISIONS:
         raise ValueError(f"{PRECISION_VARIABLE} must be one of {', '.join(PRECISIONS)}, got {chosen!r}")
     return chosen if dtype == torch.float32 else "ieee"
