@@ -84,7 +84,8 @@ step precision 90 $python benchmarks/precision_study.py --device cuda --json "$p
 step square-gemm 40 env INTL_KERNELS_CUDA_SYMMETRIC=0 $python -m intl_kernels.bench.cli --device cuda \
     --preset square --backends cuda --repeats 5 --no-compile --json "$prefix-square-gemm.json"
 step triton-ieee 60 env INTL_TRITON_PRECISION=ieee $python -m intl_kernels.bench.cli --device cuda \
-    --shapes 256x8192 4096x4096 --axis 0 --backends triton --repeats 5 --no-compile --json "$prefix-triton-ieee.json"
+    --shapes 256x8192 4096x4096 --axis 0 --backends triton --repeats 5 --no-compile \
+    --json "$prefix-triton-ieee.json"
 step train-step 60 $python -m intl_kernels.bench.cli --device cuda --train-step --repeats 5 \
     --json "$prefix-train-step.json"
 step pretrain 60 $python -m train.pretrain --device cuda --max_steps 30 --knn_every 0 --num_workers 4 \
@@ -101,7 +102,8 @@ else
 fi
 
 results=()
-for file in "$prefix.json" "$prefix-square-gemm.json" "$prefix-triton-ieee.json" "$prefix-compile.json" "$prefix-train-step.json"; do
+for file in "$prefix.json" "$prefix-square-gemm.json" "$prefix-triton-ieee.json" "$prefix-compile.json" \
+    "$prefix-train-step.json" "$prefix-precision.json"; do
     [ -s "$file" ] && results+=("$file")
 done
 if [ ${#results[@]} -gt 0 ]; then
