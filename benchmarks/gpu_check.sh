@@ -10,7 +10,8 @@
 #     tar xzf <files_at>/gpu-check.tar.gz -C benchmarks/results   # then commit them
 #
 # Steps, each with its own time limit, none stopping the others when it fails, and all within one
-# overall budget (BUDGET seconds, default 470: a step that would start later is skipped):
+# overall budget (BUDGET seconds, default 470: a step that would start later is skipped; RESULTS_DIR
+# replaces benchmarks/results):
 #   1. build intl_kernels._C in place against the machine's torch: C++ and CUDA operators for this
 #      GPU's architecture only (faster); the C++ operators alone when no CUDA toolkit is there
 #   2. correctness of every backend usable on CUDA against the float64 reference (gpu_selftest.py)
@@ -34,7 +35,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python3}
 stamp=$(date +%Y-%m-%d)
 gpu=$($python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))" 2>/dev/null || echo no-gpu)
-out=benchmarks/results
+out=${RESULTS_DIR:-benchmarks/results}
 prefix="$out/$stamp-$gpu"
 mkdir -p "$out"
 status=()
