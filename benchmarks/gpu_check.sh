@@ -51,11 +51,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, remember t
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     echo "=== $name (limit ${limit}s)"
+    current=$name
     local begin=$SECONDS
     timeout "$limit" "$@" > "$prefix-$name.log" 2>&1
     local rc=$?
     tail -n 15 "$prefix-$name.log"
     status+=("$name: rc=$rc, $((SECONDS - begin))s")
+    current="after $name"
     bundle
 }
 
@@ -65,6 +67,9 @@ bundle() {  # pack the results so far for the device tool (a no-op elsewhere)
     tar czf "$OUT/gpu-check.tar.gz.part" -C "$out" $(cd "$out" && ls -d "$stamp-$gpu"*) \
         && mv "$OUT/gpu-check.tar.gz.part" "$OUT/gpu-check.tar.gz"
 }
+
+# Stopped from outside (the device tool's time limit): pack what the running step left, too.
+trap 'status+=("${current:-start}: stopped from outside"); bundle; exit 143' TERM INT
 
 {
     echo "date: $(date -u +%FT%TZ)"

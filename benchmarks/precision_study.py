@@ -9,8 +9,9 @@ does on tensor cores (the interpreter itself computes every precision as exact f
 - "tf32": the compiled PTX feeds fp32 registers straight to the tf32 MMA, with no conversion
   (`benchmarks/triton_compile.py` counts `cvt.rna.tf32` per kernel; its test checks this), and the
   MMA reads only the top 19 bits: operands are truncated to 10 mantissa bits;
-- "tf32x3": each operand is split into big = rna(x) and small = rna(x - big) (round to nearest,
-  ties away, as `cvt.rna.tf32.f32` does) and the product is big*big + big*small + small*big;
+- "tf32x3": each operand is split into big = rna(x) (round to nearest, ties away, as
+  `cvt.rna.tf32.f32` does) and small = x - big, passed to the MMA unconverted as well (so
+  truncated), and the product is big*big + big*small + small*big;
 - "ieee": exact fp32 products, as FMA units compute them.
 Products accumulate in fp32 (numpy's order, not the tensor cores'; both round to fp32). On CUDA
 the same table comes from the hardware, which checks that model.
@@ -29,7 +30,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import sys
@@ -42,6 +42,7 @@ import torch
 
 from intl_kernels import IterNorm, iternorm, iternorm_reference
 from intl_kernels.backends.triton import config
+from intl_kernels.bench.cli import write_json
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 _MANTISSA_DROPPED = np.uint32(0xFFFFE000)  # tf32 keeps 10 of fp32's 23 mantissa bits
@@ -63,7 +64,7 @@ def tensor_core_product(a: np.ndarray, b: np.ndarray, precision: str) -> np.ndar
         return np.matmul(tf32_truncated(a), tf32_truncated(b))
     if precision == "tf32x3":
         a_big, b_big = tf32_rounded(a), tf32_rounded(b)
-        a_small, b_small = tf32_rounded(a - a_big), tf32_rounded(b - b_big)
+        a_small, b_small = tf32_truncated(a - a_big), tf32_truncated(b - b_big)
         return np.matmul(a_big, b_small) + np.matmul(a_small, b_big) + np.matmul(a_big, b_big)
     return np.matmul(a, b)
 
@@ -158,7 +159,7 @@ class Case:
     def whitening(self, backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.layer:
             module = IterNorm(self.d, num_channels=64, T=5, affine=False, backend=backend)
-            return lambda x: module.to(x.dtype)(x)
+            return lambda x: module.to(device=x.device, dtype=x.dtype)(x)
         if backend == "reference":
             return lambda x: iternorm_reference(x, axis=self.axis)
         return lambda x: iternorm(x, axis=self.axis, backend=backend)
@@ -256,7 +257,7 @@ def main() -> int:
                 rows.append(measure(case, spectrum, args.seed, device))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
                 if args.json:  # after every row: a run cut short keeps what it measured
-                    args.json.write_text(json.dumps(record, indent=1) + "\n")
+                    write_json(record, args.json)
     print(table(rows))
     return 0
 

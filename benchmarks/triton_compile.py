@@ -11,7 +11,7 @@ recomputed iterates, with the GPU configuration table's tile sizes for that arch
 
 Prints one row per compiled kernel: shared memory, registers per thread and local memory (spills)
 from the cubin, and the fp32 -> tf32 conversions in its PTX (`benchmarks/precision_study.py` models
-tensor-core rounding on them: none for "tf32", a split for "tf32x3"), and exits 1 when a kernel
+tensor-core rounding on them: none for "tf32", big parts only for "tf32x3"), and exits 1 when a kernel
 fails to compile or needs more shared memory than the architecture gives a block. What it cannot
 tell: whether results are right or fast (that needs a GPU: `gpu_check.sh`). The interpreter tests
 check the same kernels' results on CPU.
@@ -90,6 +90,18 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {"registers": int(found[1]), "stack": int(found[2]), "local": int(found[3])} if found else {}
 
 
+def tf32_conversions(ptx: str) -> dict[str, int]:
+    """fp32 -> tf32 roundings (`cvt.rna.tf32.f32`) in a kernel's PTX, and how many of them round a
+    difference (`sub.f32`): tf32x3 rounds each operand to its big part and passes the remainder
+    x - big to the MMA unrounded, which `precision_study.py` models."""
+    differences = set(re.findall(r"sub\.f32\s+(%\w+),", ptx))
+    sources = re.findall(r"cvt\.rna\.tf32\.f32\s+%\w+,\s*(%\w+);", ptx)
+    return {
+        "tf32_conversions": len(sources),
+        "tf32_rounded_differences": sum(s in differences for s in sources),
+    }
+
+
 def _compile(target: GPUTarget, src: ASTSource, options: dict, row: dict) -> dict:
     try:
         kernel = triton.compile(src, target=target, options=options)
@@ -97,7 +109,7 @@ def _compile(target: GPUTarget, src: ASTSource, options: dict, row: dict) -> dic
         row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
     else:
         row["shared"] = kernel.metadata.shared
-        row["tf32_conversions"] = kernel.asm["ptx"].count("cvt.rna.tf32.f32")
+        row.update(tf32_conversions(kernel.asm["ptx"]))
         row.update(resource_usage(kernel.asm["cubin"]))
     return row
 

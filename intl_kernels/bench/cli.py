@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,7 +89,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def metadata(argv: Sequence[str], device: torch.device, dtype: str) -> dict[str, Any]:
     # The package's switches (INTL_TRITON_PRECISION, ...) change what runs: part of the command.
-    switches = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("INTL_")]
+    switches = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("INTL_")]
     meta = {
         "command": " ".join([*switches, "intl-bench", *argv]),
         "date": datetime.date.today().isoformat(),
@@ -112,8 +113,11 @@ def metadata(argv: Sequence[str], device: torch.device, dtype: str) -> dict[str,
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
+    """Write `result` to `path` atomically: a run killed mid-write leaves the previous version."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def default_backends(device: torch.device) -> list[str]:

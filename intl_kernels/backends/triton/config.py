@@ -9,7 +9,7 @@ at large shapes they make it slow: `benchmarks/precision_study.py` interprets wi
 
 Environment:
     INTL_TRITON_PRECISION  tf32x3 (default), ieee or tf32: how fp32 products use tensor cores.
-        "tf32x3" splits each operand into two tf32 parts and sums three tensor-core products;
+        "tf32x3" splits each operand into a tf32 big part and the remainder, three tensor-core products;
         "ieee" is exact fp32 on FMA units (by the H100 datasheet about 67 TFLOP/s against 495 for
         tf32 tensor cores, so about a third of that for tf32x3; not yet measured); "tf32" rounds
         operands to 10 mantissa bits. `benchmarks/precision_study.py` measured the three (the
