@@ -91,19 +91,6 @@ def emulated_tensor_cores() -> Iterator[None]:
         interpreter.InterpreterBuilder.create_dot = exact
 
 
-@contextlib.contextmanager
-def triton_precision(precision: str) -> Iterator[None]:
-    previous = os.environ.get(config.PRECISION_VARIABLE)
-    os.environ[config.PRECISION_VARIABLE] = precision
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(config.PRECISION_VARIABLE)
-        else:
-            os.environ[config.PRECISION_VARIABLE] = previous
-
-
 def gpu_tiles() -> dict:
     """The sm_90 row: the GPU's tile shapes (and so its reduction order within tiles), unsplit
     reductions (the interpreter gains nothing from splitting)."""
@@ -200,7 +187,7 @@ def measure(case: Case, spectrum: float, seed: int, device: torch.device) -> dic
     tiles = {"cpu": gpu_tiles()}.get(device.type, {})
     for precision in PRECISIONS:
         started = time.perf_counter()
-        with triton_precision(precision), config.override(**tiles):
+        with config.precision_setting(precision), config.override(**tiles):
             got = output_and_gradient(case.whitening("triton"), x.float(), upstream)
         seconds = round(time.perf_counter() - started, 1)
         row["errors"][f"triton {precision}"] = {**relative_errors(got, exact), "seconds": seconds}

@@ -162,29 +162,23 @@ def exercise(arch: int) -> None:
              (config.PRECISIONS if dtype == torch.float32 else (config.DEFAULT_PRECISION,))]  # fmt: skip
     with config.override(**dataclasses.asdict(table)):
         for dtype, precision in cases:
-            os.environ[config.PRECISION_VARIABLE] = precision
-            for shape in SHAPES:
-                a = _inputs(shape, dtype)
-                for iterations, keep in ((4, True), (4, False), (0, True)):
-                    out, _, _, saved = backend.BACKEND.forward(a, iterations, 0.1, 1, keep)
-                    backend.BACKEND.backward(saved, torch.randn_like(out), iterations, 1, not keep)
+            with config.precision_setting(precision):
+                for shape in SHAPES:
+                    a = _inputs(shape, dtype)
+                    for iterations, keep in ((4, True), (4, False), (0, True)):
+                        out, _, _, saved = backend.BACKEND.forward(a, iterations, 0.1, 1, keep)
+                        backend.BACKEND.backward(saved, torch.randn_like(out), iterations, 1, not keep)
 
 
 def compile_all(arches: list[int]) -> list[dict]:
     """One row per compiled kernel specialization, for each architecture (e.g. 90 for sm_90)."""
     jobs: list[tuple] = []
-    saved_precision = os.environ.get(config.PRECISION_VARIABLE)
-    try:
-        for arch in arches:
-            target = GPUTarget("cuda", arch, 32)
-            recorded: list[tuple] = []
-            with launches_recorded(target, recorded):
-                exercise(arch)
-            jobs += [(target, *job) for job in recorded]
-    finally:
-        os.environ.pop(config.PRECISION_VARIABLE, None)
-        if saved_precision is not None:
-            os.environ[config.PRECISION_VARIABLE] = saved_precision
+    for arch in arches:
+        target = GPUTarget("cuda", arch, 32)
+        recorded: list[tuple] = []
+        with launches_recorded(target, recorded):
+            exercise(arch)
+        jobs += [(target, *job) for job in recorded]
     # Compilation spends its time in MLIR passes and ptxas, outside the GIL: threads use every core.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         return list(pool.map(lambda job: _compile(*job), jobs))

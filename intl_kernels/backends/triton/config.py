@@ -128,6 +128,21 @@ def override(**fields: int | bool) -> Iterator[None]:
         _override = previous
 
 
+@contextlib.contextmanager
+def precision_setting(value: str) -> Iterator[None]:
+    """Set INTL_TRITON_PRECISION for the duration of a block (the precision study and the compile
+    check walk through every setting), restoring what the environment had."""
+    previous = os.environ.get(PRECISION_VARIABLE)
+    os.environ[PRECISION_VARIABLE] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PRECISION_VARIABLE, None)
+        else:
+            os.environ[PRECISION_VARIABLE] = previous
+
+
 def pipeline_stages(cfg: Config, staged_elements: int, dtype: torch.dtype) -> int:
     """The software-pipelining depth of a kernel whose reduction loop loads `staged_elements`
     operand elements per step: cfg.num_stages, or fewer where their buffers would not fit
