@@ -1,129 +1,93 @@
-"""Builds intl_kernels._C with torch.utils.cpp_extension and ninja.
+"""Builds intl_kernels._C with torch.utils.cpp_extension and ninja, by the recipe in
+intl_kernels/backends/extension_build.py (what is compiled, with which flags: FORCE_CUDA,
+TORCH_CUDA_ARCH_LIST, INTL_KERNELS_DEBUG_INFO), which the rebuild at import shares.
 
-- Always the C++ CPU operators (csrc/*.cpp, csrc/cpu/).
-- The CUDA operators too (csrc/cuda/*.cu) when torch has CUDA and a CUDA toolkit (nvcc) is found,
-  or when FORCE_CUDA=1; FORCE_CUDA=0 builds the CPU operators only. TORCH_CUDA_ARCH_LIST picks the
-  GPU architectures (default "8.0;9.0+PTX": A100 and H100 code, PTX for newer GPUs).
 - INTL_KERNELS_NO_EXTENSION=1 installs the pure-Python package only (the compiled backends are then
   reported unusable and the package falls back to PyTorch ops).
+- The build records the torch it compiled against beside the library, and the package ships csrc/
+  (intl_kernels/csrc in a wheel), so that an import under another torch can rebuild the extension
+  for it (intl_kernels/backends/extension.py).
 A failed build stops the installation with the reason (nothing half-built is installed), except
 that a CUDA build which was only auto-detected falls back to the CPU operators with a warning.
 """
 
+import importlib.util
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
-DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # A100, H100, and PTX that newer GPUs compile on load
+CSRC = ROOT / "csrc"
+NO_EXTENSION = os.environ.get("INTL_KERNELS_NO_EXTENSION") == "1"
 
 
-def _sources(*patterns: str) -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for pattern in patterns for p in (ROOT / "csrc").glob(pattern))
+def _load_recipe():
+    """extension_build.py by its path: the package cannot be imported before it is built."""
+    path = ROOT / "intl_kernels" / "backends" / "extension_build.py"
+    spec = importlib.util.spec_from_file_location("intl_kernels_extension_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _point_torch_at_the_cuda_toolkit() -> None:
-    """Sets CUDA_HOME to the toolkit behind `nvcc` when the user did not set it.
-
-    torch.utils.cpp_extension guesses the toolkit as the parent of the directory holding `nvcc` on
-    the PATH; where that is a wrapper script (e.g. /usr/local/bin/nvcc exec-ing the real one), the
-    guess has no lib64 and linking fails with "cannot find -lcudart".
-    """
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return
-    nvcc = shutil.which("nvcc")
-    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
-    candidates.append(Path("/usr/local/cuda"))
-    for root in candidates:
-        if (root / "include" / "cuda_runtime.h").exists():
-            os.environ["CUDA_HOME"] = str(root)
-            return
+recipe = _load_recipe()
 
 
-def _build_cuda() -> bool:
-    forced = os.environ.get("FORCE_CUDA")
-    if forced is not None:
-        return forced == "1"
-    import torch
-    from torch.utils.cpp_extension import CUDA_HOME
+def _extension(with_cuda: bool):
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    return (
-        torch.version.cuda is not None
-        and CUDA_HOME is not None
-        and (Path(CUDA_HOME) / "bin" / "nvcc").exists()
-    )
-
-
-# OpenMP, as torch's own build: without it at::parallel_for in the extension runs serially.
-_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
-_INCLUDE = [str(ROOT / "csrc")]
-_CXX = ["-O3", *_OPENMP]
-
-
-def _cpu_extension():
-    from torch.utils.cpp_extension import CppExtension
-
-    return CppExtension(
+    sources = recipe.cpu_sources(CSRC) + (recipe.cuda_sources(CSRC) if with_cuda else [])
+    flags = {"cxx": recipe.cxx_flags(), **({"nvcc": recipe.NVCC_FLAGS} if with_cuda else {})}
+    return (CUDAExtension if with_cuda else CppExtension)(
         "intl_kernels._C",
-        _sources("*.cpp", "cpu/*.cpp"),
-        extra_compile_args={"cxx": _CXX},
-        include_dirs=_INCLUDE,
-        extra_link_args=_OPENMP,
+        [str(s.relative_to(ROOT)) for s in sources],  # setuptools wants them relative to setup.py
+        extra_compile_args=flags,
+        include_dirs=recipe.include_dirs(CSRC, with_cuda),
+        extra_link_args=recipe.LINK_FLAGS,
     )
-
-
-def _cuda_library_headers(cuda_home: str) -> list[str]:
-    """Include directories of the CUDA libraries' headers (cuBLAS, cuSPARSE, cuSOLVER) where the
-    toolkit lacks them: torch's CUDA wheels bring them in pip's `nvidia` packages. Without them the
-    CUDA operators build without their cuBLAS symmetric products (csrc/cuda/whitening_cuda.cu)."""
-    if (Path(cuda_home) / "include" / "cublas_v2.h").exists():
-        return []
-    try:
-        import nvidia
-    except ImportError:
-        return []
-    return [str(d) for base in nvidia.__path__ for d in sorted(Path(base).glob("*/include"))]
 
 
 def extension_modules() -> list:
-    if os.environ.get("INTL_KERNELS_NO_EXTENSION") == "1":
+    if NO_EXTENSION:
         return []
-    if not _build_cuda():
-        return [_cpu_extension()]
-    from torch.utils.cpp_extension import CUDA_HOME, CUDAExtension
+    with_cuda = recipe.build_cuda()
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", recipe.DEFAULT_CUDA_ARCHS)
+    return [_extension(with_cuda)]
 
-    if CUDA_HOME is None:
-        raise RuntimeError(
-            "intl_kernels._C: FORCE_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME, or put nvcc "
-            "on the PATH); FORCE_CUDA=0 builds the CPU operators only"
-        )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
-    return [
-        CUDAExtension(
-            "intl_kernels._C",
-            _sources("*.cpp", "cpu/*.cpp", "cuda/*.cu"),
-            extra_compile_args={"cxx": _CXX, "nvcc": ["-O3"]},
-            include_dirs=[*_INCLUDE, *_cuda_library_headers(CUDA_HOME)],
-            extra_link_args=_OPENMP,
-        )
-    ]
+
+class BuildPy(build_py):
+    """Also puts csrc/ into the package, for the rebuild at import (an editable install has it beside)."""
+
+    def run(self) -> None:
+        super().run()
+        if not self.editable_mode:
+            self.copy_tree(str(CSRC), str(Path(self.build_lib) / "intl_kernels" / "csrc"))
 
 
 def build_commands() -> dict:
-    if os.environ.get("INTL_KERNELS_NO_EXTENSION") == "1":
-        return {}
+    if NO_EXTENSION:
+        return {"build_py": BuildPy}
     from torch.utils.cpp_extension import BuildExtension
 
     class Build(BuildExtension):
+        def run(self) -> None:
+            super().run()
+            import torch
+
+            for ext in self.extensions:  # beside the library, in place or in the build directory
+                library = Path(self.get_ext_fullpath(ext.name))
+                (library.parent / recipe.TORCH_VERSION_RECORD).write_text(torch.__version__ + "\n")
+
         def build_extensions(self) -> None:
             try:
                 super().build_extensions()
             except Exception as exc:
                 with_cuda = any(s.endswith(".cu") for ext in self.extensions for s in ext.sources)
-                if with_cuda and os.environ.get("FORCE_CUDA") is None:
+                if with_cuda and recipe.cuda_forced() is None:
                     # CUDA was only detected, not asked for (e.g. a toolkit that does not match
                     # torch's CUDA): the CPU operators are still worth having.
                     print(
@@ -131,7 +95,7 @@ def build_commands() -> dict:
                         "building the CPU operators only (FORCE_CUDA=1 makes this an error)",
                         file=sys.stderr,
                     )
-                    cpu = _cpu_extension()
+                    cpu = _extension(with_cuda=False)
                     for ext in self.extensions:  # in place: setuptools has finalised these objects
                         for field in ("sources", "libraries", "library_dirs", "include_dirs",
                                       "extra_compile_args", "extra_link_args", "define_macros"):  # fmt: skip
@@ -147,8 +111,8 @@ def build_commands() -> dict:
                     f"intl_kernels._C: {hint} (INTL_KERNELS_NO_EXTENSION=1 installs without them): {exc}"
                 ) from exc
 
-    return {"build_ext": Build.with_options(use_ninja=True)}
+    return {"build_py": BuildPy, "build_ext": Build.with_options(use_ninja=True)}
 
 
-_point_torch_at_the_cuda_toolkit()
+recipe.point_torch_at_the_cuda_toolkit()
 setup(ext_modules=extension_modules(), cmdclass=build_commands())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from intl_kernels.backends import cpp
+from intl_kernels.backends import cpp, extension
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,3 +110,5 @@ def test_failed_cuda_build_falls_back_to_cpu_only_unless_forced(tmp_path):
     (library,) = (tmp_path / "lib" / "intl_kernels").glob("_C*.so")
     loaded = subprocess.run([sys.executable, "-c", _PROBE, str(library)], capture_output=True, text=True)
     assert loaded.stdout.strip() == "False", loaded.stderr[-3000:]  # CPU operators, no CUDA ones
+    # The torch it was built for, beside it: what the import compares with the running torch.
+    assert extension.recorded_torch_version(library.parent) == torch.__version__

@@ -15,16 +15,16 @@ import torch
 from torch import Tensor
 
 from intl_kernels.backends.base import Backend
+from intl_kernels.backends.extension import load as load_extension
 from intl_kernels.backends.registry import register
 from intl_kernels.transforms import IterNormTransform
 
 
 def _import_extension() -> str | None:
     """Import the extension and register its fake implementations; None, or why it failed."""
-    try:
-        from intl_kernels import _C  # noqa: F401  (registers torch.ops.intl_kernels.*)
-    except ImportError as exc:
-        return f"the compiled extension intl_kernels._C is not available ({exc})"
+    error = load_extension()  # registers torch.ops.intl_kernels.*, rebuilt for this torch if need be
+    if error is not None:
+        return error
     _register_fakes()
     return None
 
