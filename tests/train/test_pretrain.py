@@ -61,12 +61,13 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
 
 
 def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path: Path):
+    # collapse_rank 1e9 is capped at 7, the highest effective rank a batch of 8 can reach
     with pytest.raises(
-        CollapseError, match="effective rank [0-9.]+ < 1000000000.0 after epoch 1; the last good checkpoint"
+        CollapseError, match="effective rank [0-9.]+ < 7 .*after epoch 1; no checkpoint was written yet"
     ):
         pretrain.train(tiny_config(image_tree, tmp_path / "run", collapse_rank=1e9))
     assert not (tmp_path / "run" / "last.pt").exists()
-    with pytest.raises(CollapseError, match="the loss became nan"):
+    with pytest.raises(CollapseError, match="the loss became nan .*No checkpoint was written yet"):
         pretrain.train(tiny_config(image_tree, tmp_path / "nan", lr=float("nan")))
 
 
