@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class Config:
     compile: bool = False
     seed: int = 0
     output_dir: str | None = None  # default runs/<name>-<timestamp>
-    ckpt_every: int = 0  # also checkpoint every this many steps (0: only at epoch ends)
+    ckpt_every: int = 0  # also checkpoint every this many steps (0: off)
+    ckpt_minutes: float = 10.0  # and after this much wall time since the last checkpoint (0: off)
+    collective_timeout: float = 30.0  # minutes a collective waits for another rank, then an error
     log_every: int = 10
     knn_every: int = 0  # k-NN monitor every this many epochs (0: off)
     knn_k: int = 20
@@ -90,7 +93,10 @@ def _convert(name: str, value: Any) -> Any:
     base = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
     if typing.get_origin(base) is list:
         items = value.split(",") if isinstance(value, str) else list(value)
-        return [int(v) for v in items]
+        try:
+            return [int(v) for v in items]
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {name!r} needs comma-separated integers, got {value!r}") from None
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -158,6 +164,29 @@ def load_config(argv: list[str]) -> Config:
     return config
 
 
+# Inclusive ranges of the numeric settings (validate checks them; None passes where allowed).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "epochs": (1, math.inf),
+    "iterations": (1, math.inf),
+    "image_size": (1, math.inf),
+    "num_workers": (0, math.inf),
+    "beta": (0, math.inf),
+    "base_momentum": (0, 1),
+    "weight_decay": (0, math.inf),
+    "warmup_epochs": (0, math.inf),
+    "final_lr_ratio": (0, 1),
+    "log_every": (1, math.inf),
+    "ckpt_every": (0, math.inf),
+    "ckpt_minutes": (0, math.inf),
+    "collective_timeout": (1e-3, math.inf),
+    "knn_every": (0, math.inf),
+    "knn_k": (1, math.inf),
+    "spectrum_every": (0, math.inf),
+    "collapse_rank": (0, math.inf),
+    "probe_lr": (0, math.inf),
+}
+
+
 def validate(config: Config) -> None:
     """Clear errors for settings that cannot run."""
     choices = {
@@ -182,6 +211,15 @@ def validate(config: Config) -> None:
         raise ValueError("dataset 'imagefolder' needs --data DIR_OR_TAR")
     if not config.projector:
         raise ValueError("projector needs at least one layer size")
+    if any(size < 1 for size in config.projector):
+        raise ValueError(f"projector layer sizes must be positive, got {config.projector}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1 (or none: no limit), got {config.max_steps}")
+    for key, (low, high) in BOUNDS.items():
+        value = getattr(config, key)
+        if value is not None and not low <= value <= high:  # also refuses NaN
+            upper = "" if high == math.inf else f" and at most {high:g}"
+            raise ValueError(f"{key} must be at least {low:g}{upper}, got {value!r}")
 
 
 def save_config(config: Config, path: Path) -> None:

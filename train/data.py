@@ -22,6 +22,8 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import ImageFolder
 
+from train.preemption import ignore_stop_signals
+
 DEMO_ARCHIVE = Path(__file__).parent / "data" / "cifar10-demo.tar.gz"
 TRAIN_SPLITS, EVAL_SPLITS = ("train",), ("test", "val")
 
@@ -78,7 +80,11 @@ def _split_dir(root: Path, split: str) -> Path:
 
 
 class SafeImageFolder(ImageFolder):
-    """ImageFolder that skips unreadable images, with a warning that counts them."""
+    """ImageFolder that skips unreadable images, with one warning per file that counts them.
+
+    Which files are unreadable is a flag per image in shared memory, so that DataLoader workers
+    (each with its own copy of the dataset) count a file once between them and, once known, skip it
+    without reading it again, epoch after epoch."""
 
     def __init__(self, root: Path) -> None:
         try:
@@ -87,15 +93,23 @@ class SafeImageFolder(ImageFolder):
             raise FileNotFoundError(
                 f"no images found under {root} (expected {root}/<class>/<image>): {exc}"
             ) from None
-        self.skipped = 0
+        self.unreadable = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def skipped(self) -> int:
+        """How many distinct files were found unreadable so far (by any worker)."""
+        return int(self.unreadable.sum())
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         for offset in range(len(self)):
-            path, label = self.samples[(index + offset) % len(self)]
+            position = (index + offset) % len(self)
+            if self.unreadable[position]:
+                continue
+            path, label = self.samples[position]
             try:
                 return self.loader(path), label
             except Exception as exc:  # PIL raises several types for broken files
-                self.skipped += 1
+                self.unreadable[position] = True
                 warnings.warn(
                     f"skipped unreadable image {path} ({exc}); {self.skipped} skipped so far", stacklevel=2
                 )
@@ -127,6 +141,49 @@ def image_dataset(dataset: str, data: str | None, cache_dir: str, split: str) ->
     if data is None:
         raise ValueError(f"dataset {dataset!r} needs --data")
     return SafeImageFolder(_split_dir(_image_root(data, cache_dir), split))
+
+
+def class_names(images: Dataset) -> list[str]:
+    """The class names of an image dataset, in the order of its labels."""
+    names = getattr(images, "classes", None)
+    if names is None:
+        raise ValueError(f"{type(images).__name__} has no class names (.classes)")
+    return list(names)
+
+
+def match_classes(train_classes: list[str], eval_classes: list[str]) -> list[int]:
+    """For each evaluation class, the label of the training class of the same name. An evaluation
+    class the training split lacks is an error: its images could only be counted as some other
+    class (labels are folder indices, so {airplane, dog} against {airplane, cat} pairs dog with cat)."""
+    label = {name: i for i, name in enumerate(train_classes)}
+    missing = [name for name in eval_classes if name not in label]
+    if missing:
+        raise ValueError(
+            f"the evaluation split has classes the training split lacks: {', '.join(missing)} "
+            f"(training classes: {', '.join(train_classes)}); evaluation pairs classes by name"
+        )
+    return [label[name] for name in eval_classes]
+
+
+class Relabelled(Dataset):
+    """An image dataset whose labels are mapped through `mapping` (label -> new label)."""
+
+    def __init__(self, images: Dataset, mapping: list[int]) -> None:
+        self.images, self.mapping = images, mapping
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.images[index]
+        return image, self.mapping[label]
+
+
+def evaluation_images(dataset: str, data: str | None, cache_dir: str, train_classes: list[str]) -> Dataset:
+    """The evaluation split, labelled by the training split's class order (see match_classes)."""
+    images = image_dataset(dataset, data, cache_dir, "eval")
+    mapping = match_classes(train_classes, class_names(images))
+    return images if mapping == list(range(len(mapping))) else Relabelled(images, mapping)
 
 
 def _is_image_tree(data: str | None) -> bool:
@@ -212,6 +269,7 @@ def train_loader(
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -13,15 +13,19 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from train.augment import evaluation_transform
-from train.data import Transformed, image_dataset
+from train.data import Transformed, class_names, image_dataset, match_classes
 from train.evaluate import Source, add_arguments, device_of, load_source, write_results
 from train.knn import extract_features, knn_accuracy
 
 
-def features_of(source: Source, split: str, device: torch.device, workers: int, cache: Path | None) -> tuple:
-    """(features, labels) of a split, from the cache when this backbone and split were seen."""
+def features_of(
+    source: Source, split: str, device: torch.device, workers: int, cache: Path | None
+) -> tuple[Tensor, Tensor, list[str]]:
+    """(features, labels, class names) of a split, from the cache when this backbone and split
+    were seen."""
     config = source.config
     path = None
     if cache is not None:
@@ -41,14 +45,27 @@ def features_of(source: Source, split: str, device: torch.device, workers: int, 
         path = cache / f"features-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
         if path.is_file():
             saved = torch.load(path)
-            return saved["features"], saved["labels"]
+            if "classes" in saved:  # caches from before class names were kept are extracted again
+                return saved["features"], saved["labels"], saved["classes"]
     images = image_dataset(config.dataset, config.data, config.cache_dir, split)
     dataset = Transformed(images, evaluation_transform(config.augment, config.image_size))
     features, labels = extract_features(source.network.to(device), dataset, device, workers=workers)
+    classes = class_names(images)
     if path is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        torch.save({"features": features, "labels": labels}, path)
-    return features, labels
+        torch.save({"features": features, "labels": labels, "classes": classes}, path)
+    return features, labels, classes
+
+
+def labelled_features(
+    source: Source, device: torch.device, workers: int, cache: Path | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Features and labels of the training and the evaluation split, the evaluation labels in the
+    training split's class order: classes are paired by name (train.data.match_classes)."""
+    train_f, train_y, train_classes = features_of(source, "train", device, workers, cache)
+    test_f, test_y, test_classes = features_of(source, "eval", device, workers, cache)
+    mapping = torch.tensor(match_classes(train_classes, test_classes), dtype=torch.long)
+    return train_f, train_y, test_f, mapping[test_y]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     source = load_source(args)
     device = device_of(args.device)
-    train_f, train_y = features_of(source, "train", device, args.workers, args.feature_cache)
-    test_f, test_y = features_of(source, "eval", device, args.workers, args.feature_cache)
+    train_f, train_y, test_f, test_y = labelled_features(source, device, args.workers, args.feature_cache)
     # Features are kept on the CPU between passes; the voting runs on the evaluation device.
     train_f, train_y, test_f, test_y = (t.to(device) for t in (train_f, train_y, test_f, test_y))
     results = {

@@ -40,9 +40,9 @@ from torch.utils.data import (
 
 from train.augment import classifier_transform, evaluation_transform
 from train.checkpoint import save_atomic
-from train.data import Transformed, image_dataset
+from train.data import Transformed, class_names, evaluation_images, image_dataset
 from train.distributed import init_runtime
-from train.eval_knn import features_of
+from train.eval_knn import labelled_features
 from train.evaluate import add_arguments, load_source, write_results
 from train.monitor import Progress
 
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     distributed = runtime.world_size > 1
     source = load_source(args)
     config, device = source.config, runtime.device
-    classes = len(image_dataset(config.dataset, config.data, config.cache_dir, "train").classes)
+    train_classes = class_names(image_dataset(config.dataset, config.data, config.cache_dir, "train"))
+    classes = len(train_classes)
     batch = settings["batch_size"] // runtime.world_size
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -206,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     nn.init.zeros_(classifier.bias)
     frozen = None
     if args.protocol == "cifar":
-        train_f, train_y = features_of(source, "train", device, args.workers, args.feature_cache)
-        test_f, test_y = features_of(source, "eval", device, args.workers, args.feature_cache)
+        train_f, train_y, test_f, test_y = labelled_features(source, device, args.workers, args.feature_cache)
         train_set, val_set = _IndexedTensors(train_f, train_y), _IndexedTensors(test_f, test_y)
         model, trainable = classifier, classifier
         optimizer = torch.optim.Adam(classifier.parameters(), lr=settings["lr"], weight_decay=5e-6)
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         train_transform = classifier_transform(config.augment, size)
         images = image_dataset(config.dataset, config.data, config.cache_dir, "train")
         train_set = Transformed(_subset(images, args.subset) if args.subset else images, train_transform)
-        val_set = Transformed(image_dataset(config.dataset, config.data, config.cache_dir, "eval"),
+        val_set = Transformed(evaluation_images(config.dataset, config.data, config.cache_dir, train_classes),
                               evaluation_transform(config.augment, size))  # fmt: skip
         model = nn.Sequential(source.network, classifier)
         if args.protocol == "imagenet":

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from train.preemption import ignore_stop_signals
+
 
 @torch.no_grad()
 def extract_features(
@@ -16,7 +18,10 @@ def extract_features(
     was_training = model.training
     model.eval()
     features, labels = [], []
-    for images, targets in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, worker_init_fn=ignore_stop_signals
+    )
+    for images, targets in loader:
         features.append(model(images.to(device, non_blocking=True)).float().cpu())
         labels.append(targets)
     model.train(was_training)

@@ -40,13 +40,24 @@ class Metrics:
 
 
 def drop_rows_after(path: Path, step: int) -> None:
-    """Forget the metrics logged after `step` (work lost since the checkpoint a run resumes from),
-    so that a resumed run does not log those steps twice."""
+    """Forget the metrics logged after `step` (work lost since the checkpoint a run resumes from;
+    step -1 when there is no checkpoint), so that a restarted run does not log those steps twice."""
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if line.strip()]
         kept = [line for line in rows if json.loads(line)["step"] <= step]
         if len(kept) != len(rows):
             path.write_text("".join(line + "\n" for line in kept))
+
+
+def collapse_threshold(collapse_rank: float, samples: int, dims: int) -> float | None:
+    """The effective rank below which a batch of embeddings counts as collapsed, or None when the
+    batch cannot tell. A centred batch of n samples in d dimensions has effective rank between 1 and
+    min(n - 1, d) (2 samples: always 1, collapsed or not), so the threshold is collapse_rank, at most
+    that reachable rank, and the check is off when the reachable rank is 1."""
+    reachable = min(samples - 1, dims)
+    if reachable < 2:
+        return None
+    return min(collapse_rank, reachable)
 
 
 class Progress:

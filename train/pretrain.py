@@ -18,20 +18,30 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from train.augment import build_views
-from train.checkpoint import load_checkpoint, save_atomic
+from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import Config, load_config, save_config
 from train.data import Augmented, image_dataset, train_loader
-from train.distributed import Runtime, init_runtime, synchronise_batch_norm
-from train.eval_knn import features_of
+from train.distributed import (
+    Heartbeat,
+    Runtime,
+    explain_timeout,
+    init_runtime,
+    is_timeout,
+    synchronise_batch_norm,
+)
+from train.eval_knn import labelled_features
 from train.evaluate import Source
 from train.knn import knn_accuracy
 from train.methods import INTL, build_method
-from train.monitor import CollapseError, Metrics, Progress, drop_rows_after
+from train.monitor import CollapseError, Metrics, Progress, collapse_threshold, drop_rows_after
 from train.optim import build_optimizer, learning_rate, set_learning_rate
+from train.preemption import REQUEUE_EXIT_CODE, CheckpointSchedule, StopSignals
+from train.resume import allowed_changes, describe, identity_differences, resume_record
 from train.spectrum import plot_spectra, spectrum_entry
 
 CHECKPOINT = "last.pt"
@@ -54,18 +64,26 @@ class Pretrainer(nn.Module):
 
 
 def find_output_dir(config: Config) -> Path:
-    """--output-dir, else the newest unfinished runs/<name>-* made with this same config, else a new one."""
+    """--output-dir, else the newest unfinished runs/<name>-* with this run's identity (train.resume),
+    else a new one. An unfinished run of the same name with another identity is an error rather than
+    a silent fresh start: was it meant to be resumed (then with its settings) or not?"""
     if config.output_dir:
         return Path(config.output_dir)
-    mine = {k: v for k, v in dataclasses.asdict(config).items() if k != "output_dir"}
+    mine, other = dataclasses.asdict(config), None
     for candidate in sorted(Path("runs").glob(f"{config.name}-*"), reverse=True):
         saved = candidate / "config.yaml"
         if (candidate / CHECKPOINT).is_file() and not (candidate / "DONE").exists() and saved.is_file():
-            import yaml
-
-            theirs = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k != "output_dir"}
-            if theirs == mine:
+            different = identity_differences(yaml.safe_load(saved.read_text()) or {}, mine)
+            if not different:
                 return candidate
+            other = other or (candidate, different)
+    if other is not None:
+        candidate, different = other
+        raise RuntimeError(
+            f"{candidate} is an unfinished {config.name!r} run with other settings "
+            f"({describe(different, 'there', 'now')}): to resume it, pass --output-dir {candidate} with "
+            "its settings; to start a separate run, pass a new --output-dir"
+        )
     return config.resolved_output_dir()
 
 
@@ -80,9 +98,17 @@ def _broadcast_path(path: Path, runtime: Runtime) -> Path:
 def evaluate_knn(backbone: nn.Module, features: int, config: Config, runtime: Runtime) -> float:
     """Weighted k-NN accuracy (%) of the backbone's features, training split as the memory bank."""
     source = Source(backbone, features, config, "training")
-    train_f, train_y = features_of(source, "train", runtime.device, config.num_workers, cache=None)
-    test_f, test_y = features_of(source, "eval", runtime.device, config.num_workers, cache=None)
+    train_f, train_y, test_f, test_y = labelled_features(
+        source, runtime.device, config.num_workers, cache=None
+    )
     return knn_accuracy(train_f, train_y, test_f, test_y, k=config.knn_k)
+
+
+def _last_good(path: Path, saved_step: int | None) -> str:
+    """What a stopping run can offer: the checkpoint it last wrote (or read), if any."""
+    if saved_step is None:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is {path} (step {saved_step})"
 
 
 def _checkpoint_state(
@@ -99,13 +125,27 @@ def _checkpoint_state(
 
 
 def train(config: Config) -> dict[str, Any]:
-    """Run (or resume) one pretraining; returns a summary (k-NN before/after, paths, steps)."""
-    runtime = init_runtime(config.device)
+    """Run (or resume) one pretraining; returns a summary (k-NN before/after, paths, steps, and
+    `stopped`: the stop signal's name when one ended the run early, else None)."""
+    runtime = init_runtime(config.device, config.collective_timeout)
     out_dir = _broadcast_path(find_output_dir(config), runtime)
+    heartbeat = Heartbeat(runtime.rank, runtime.world_size) if runtime.world_size > 1 else None
+    try:
+        with StopSignals() as signals:
+            return _train(config, runtime, out_dir, signals)
+    except RuntimeError as exc:
+        if heartbeat is not None and is_timeout(exc):
+            raise explain_timeout(heartbeat, config.collective_timeout) from exc
+        raise
+    finally:
+        if heartbeat is not None:
+            heartbeat.close()
+
+
+def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals) -> dict[str, Any]:
     torch.manual_seed(config.seed + runtime.rank)
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
 
     images = image_dataset(config.dataset, config.data, config.cache_dir, "train")
     dataset = Augmented(images, build_views(config.augment, config.image_size), config.seed)
@@ -116,6 +156,13 @@ def train(config: Config) -> dict[str, Any]:
     steps_per_epoch = len(loader)
     total_steps = config.epochs * steps_per_epoch
     last_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
+    collapse_at = collapse_threshold(config.collapse_rank, loader.batch_size, config.projector[-1])
+    if collapse_at is None and runtime.is_main:
+        print(
+            f"note: the collapse check is off: a batch of {loader.batch_size} embeddings cannot show an "
+            "effective rank above 1",
+            flush=True,
+        )
 
     model = Pretrainer(build_method(config), num_classes=len(getattr(images, "classes", [])) or 1000)
     if runtime.world_size > 1:
@@ -125,18 +172,27 @@ def train(config: Config) -> dict[str, Any]:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.method, model.probe, config)
 
-    step, history = 0, {"spectrum": [], "knn": {}}
+    step, history, saved_step, resumed = 0, {"spectrum": [], "knn": {}}, None, None
     checkpoint_path = out_dir / CHECKPOINT
     if checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path, dataclasses.asdict(config))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = state["step"], state["history"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise RuntimeError(
+                f"checkpoint {checkpoint_path} does not fit this model or optimiser: {exc}"
+            ) from None
+        step, history, saved_step = state["step"], state["history"], state["step"]
         torch.set_rng_state(state["rng_torch"])
+        resumed = resume_record(step, allowed_changes(state["config"], dataclasses.asdict(config)))
+        history.setdefault("resumes", []).append(resumed)
         if runtime.is_main:
-            drop_rows_after(out_dir / "metrics.jsonl", step)
-        if runtime.is_main:
-            print(f"resuming {checkpoint_path} at step {step}/{last_step}", flush=True)
+            changed = f", with changes: {describe(resumed['changed'])}" if resumed["changed"] else ""
+            print(f"resuming {checkpoint_path} at step {step}/{last_step}{changed}", flush=True)
+    if runtime.is_main:  # only now: a refused resume leaves the run's config.yaml as it was
+        save_config(config, out_dir / "config.yaml")
+        drop_rows_after(out_dir / "metrics.jsonl", -1 if saved_step is None else step)
 
     network: nn.Module = model
     if runtime.world_size > 1:
@@ -144,12 +200,20 @@ def train(config: Config) -> dict[str, Any]:
     if config.compile:
         model.method.backbone.compile()  # in place: parameter names, and so checkpoints, unchanged
     metrics = Metrics(out_dir, runtime.is_main)
+    if resumed is not None:
+        metrics.log("resume", step, {"changed": resumed["changed"]})
+    schedule = CheckpointSchedule(
+        config.ckpt_every, config.ckpt_minutes, signals, runtime.world_size, runtime.device
+    )
 
     def save() -> None:
+        nonlocal saved_step
         if runtime.is_main:
-            save_atomic(_checkpoint_state(model, optimizer, step, config, history), checkpoint_path)
+            save_checkpoint(_checkpoint_state(model, optimizer, step, config, history), checkpoint_path)
         if runtime.world_size > 1:
             dist.barrier()
+        saved_step = step
+        schedule.saved()
 
     def knn_monitor(epoch: int) -> None:
         if runtime.is_main:
@@ -166,11 +230,16 @@ def train(config: Config) -> dict[str, Any]:
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if cuda and config.amp else contextlib.nullcontext()
     )
-    while step < last_step:
+    stopping = False
+    while step < last_step and not stopping:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         loader.sampler.start_at(epoch, done_in_epoch * loader.batch_size)
         progress = Progress(steps_per_epoch, epoch, runtime.is_main, config.log_every)
-        probe_correct, probe_seen, last_out = 0, 0, None
+        if done_in_epoch == 0 or "epoch_probe" not in history:
+            # [correct, seen] of the online probe over this epoch so far; in the checkpoint, so
+            # that the accuracy logged at the end of a resumed epoch covers all of it
+            history["epoch_probe"] = [0, 0]
+        last_out = None
         tick = time.time()
         for views, labels in loader:
             data_wait = time.time() - tick
@@ -185,16 +254,16 @@ def train(config: Config) -> dict[str, Any]:
             loss = out["loss"] + out["probe_loss"]
             if not torch.isfinite(out["loss"]):
                 raise CollapseError(
-                    f"the loss became {out['loss'].item()} at step {step}; stopping. The last good "
-                    f"checkpoint is {checkpoint_path}"
+                    f"the loss became {out['loss'].item()} at step {step}; stopping. "
+                    f"{_last_good(checkpoint_path, saved_step).capitalize()}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             extra = model.method.after_step(step, total_steps)
             step += 1
-            probe_correct += int(out["probe_correct"])
-            probe_seen += len(labels)
+            history["epoch_probe"][0] += int(out["probe_correct"])
+            history["epoch_probe"][1] += len(labels)
             last_out = out
             elapsed = time.time() - tick
             values = {
@@ -213,10 +282,12 @@ def train(config: Config) -> dict[str, Any]:
             progress.update(
                 step - epoch * steps_per_epoch, {k: values[k] for k in ("loss", "lr", "img_per_s")}
             )
-            if config.ckpt_every and step % config.ckpt_every == 0:
+            decision = schedule.after_step(step)
+            stopping = decision.stop
+            if decision.save and step % steps_per_epoch and step < last_step:  # else: saved below
                 save()
             tick = time.time()
-            if step >= last_step:
+            if stopping or step >= last_step:
                 break
         progress.close()
         if step % steps_per_epoch == 0 or step >= last_step:
@@ -226,6 +297,7 @@ def train(config: Config) -> dict[str, Any]:
                     finished_epoch, last_out["embedding"], last_out["whitened"], config.axis
                 )
                 history["spectrum"].append(entry)
+                correct, seen = history["epoch_probe"]
                 metrics.log(
                     "epoch",
                     step,
@@ -234,22 +306,32 @@ def train(config: Config) -> dict[str, Any]:
                         "effective_rank_embedding": entry["rank_before"],
                         "effective_rank_whitened": entry["rank_after"],
                         "trace_loss_whitened": entry["trace_loss"],
-                        "probe_train_top1": 100.0 * probe_correct / max(probe_seen, 1),
+                        "probe_train_top1": 100.0 * correct / max(seen, 1),
                     },
                 )
                 if runtime.is_main:
                     plot_spectra(history["spectrum"], out_dir / "spectrum.png")
-                if entry["rank_before"] < config.collapse_rank:
+                if collapse_at is not None and entry["rank_before"] < collapse_at:
                     raise CollapseError(
                         f"the embedding collapsed: effective rank {entry['rank_before']:.2f} < "
-                        f"{config.collapse_rank} after epoch {finished_epoch}; the last good checkpoint "
-                        f"is {checkpoint_path}"
+                        f"{collapse_at:g} (collapse_rank {config.collapse_rank:g}, at most the rank a "
+                        f"batch of {loader.batch_size} can reach) after epoch "
+                        f"{finished_epoch}; {_last_good(checkpoint_path, saved_step)}"
                     )
             if config.knn_every and (finished_epoch % config.knn_every == 0 or step >= last_step):
                 knn_monitor(finished_epoch)
             save()
 
-    if runtime.is_main:
+    stopped = None
+    if stopping and step < last_step:  # a stop on the very last step has nothing left to resume
+        stopped = signals.received or "a stop signal to another rank"
+        if runtime.is_main:
+            print(
+                f"stopped by {stopped} at step {step}/{last_step}: checkpoint {checkpoint_path} written; "
+                f"exiting with code {REQUEUE_EXIT_CODE}, the same command resumes",
+                flush=True,
+            )
+    elif runtime.is_main:
         (out_dir / "DONE").touch()
     summary = {
         "output_dir": str(out_dir),
@@ -257,6 +339,7 @@ def train(config: Config) -> dict[str, Any]:
         "spectrum_plot": str(out_dir / "spectrum.png"),
         "steps": step,
         "knn": history["knn"],
+        "stopped": stopped,
     }
     if runtime.world_size > 1:
         dist.destroy_process_group()
@@ -266,6 +349,8 @@ def train(config: Config) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     config = load_config(sys.argv[1:] if argv is None else argv)
     summary = train(config)
+    if summary["stopped"]:
+        return REQUEUE_EXIT_CODE
     knn = summary["knn"]
     if knn:
         first, last = min(knn, key=int), max(knn, key=int)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +61,6 @@ def tiny_argv(data: Path, out: Path, **overrides: object) -> list[str]:
 
 def join_two_process_group(rank: int, port: int) -> None:
     """The environment torchrun gives rank `rank` of a 2-process CPU run on this machine."""
-    import os
 
     import torch
 
@@ -82,3 +86,44 @@ def free_port() -> int:
 
 def tiny_config(data: Path, out: Path, **overrides: object):
     return load_config(tiny_argv(data, out, **overrides))
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def trainer_process(argv: list[str], **env: str):
+    """`python -m train.pretrain ARGV` as a real process (its own session, so that a signal can go
+    to its whole process group as Ctrl-C and schedulers send it), one thread for reproducibility."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "train.pretrain", *argv],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_logged_step(out: Path, step: int, *processes, limit_s: float = 300) -> None:
+    """Block until OUT/metrics.jsonl has a step row at or past `step` (fails if a process ends)."""
+
+    deadline = time.monotonic() + limit_s
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise AssertionError(f"trainer ended early ({process.returncode}): {process.stderr.read()}")
+        if metrics.is_file():
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            if any(row["kind"] == "step" and row["step"] >= step for row in rows):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} logged in {limit_s}s")
+
+
+def metric_rows(out: Path, kind: str) -> list[dict]:
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, filter(str.strip, lines)) if row["kind"] == kind]

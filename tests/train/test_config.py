@@ -83,11 +83,30 @@ def test_unknown_key_lists_the_valid_ones():
         (["--dataset", "imagefolder"], "needs --data"),
         (["--config", "nope"], "no config file 'nope'"),
         (["--epochs"], "needs a value"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--epochs", "-1"], "epochs must be at least 1"),
+        (["--max_steps", "-3"], "max_steps must be at least 1 \\(or none: no limit\\)"),
+        (["--max_steps", "0"], "max_steps must be at least 1"),
+        (["--log_every", "0"], "log_every must be at least 1"),
+        (["--beta", "-0.1"], "beta must be at least 0"),
+        (["--weight_decay", "-1e-4"], "weight_decay must be at least 0"),
+        (["--final_lr_ratio", "-0.5"], "final_lr_ratio must be at least 0 and at most 1"),
+        (["--base_momentum", "1.5"], "base_momentum must be at least 0 and at most 1"),
+        (["--projector", "abc"], "config key 'projector' needs comma-separated integers, got 'abc'"),
+        (["--projector", "64,0"], "projector layer sizes must be positive"),
+        (["--ckpt_minutes", "-1"], "ckpt_minutes must be at least 0"),
+        (["--collective_timeout", "0"], "collective_timeout must be at least"),
+        (["--weight_decay", "nan"], "weight_decay must be at least 0"),
     ],
 )
 def test_bad_settings(argv, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         load_config(argv)
+
+
+def test_none_means_no_step_limit_and_checkpoints_default_to_every_10_minutes():
+    config = load_config(["--max_steps", "none"])
+    assert config.max_steps is None and config.ckpt_minutes == 10.0
 
 
 def test_resolved_config_round_trips(tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.train.conftest import free_port, join_two_process_group, tiny_config
+from tests.train.conftest import free_port, join_two_process_group, make_image_tree, tiny_config
 from train import eval_knn, eval_linear, pretrain, report, spectrum
+from train.data import evaluation_images, match_classes
 from train.eval_linear import fit
 from train.knn import knn_accuracy
 from train.spectrum import alignment, covariance_spectrum, effective_rank, uniformity
@@ -198,3 +200,39 @@ def test_linear_protocol_runs_data_parallel(image_tree: Path, tmp_path: Path):
     mp.spawn(_linear_ddp_worker, args=(argv, free_port()), nprocs=2, join=True)
     result = json.loads((tmp_path / "ddp" / "linear-imagenet.json").read_text())
     assert len(result["history"]) == 2 and 0 <= result["top1"] <= result["top5"] <= 100
+
+
+def _named_tree(root: Path, train: list[str], test: list[str]) -> Path:
+    """An image tree whose train/ and test/ splits have the given class names."""
+    make_image_tree(root, classes=max(len(train), len(test)))
+    for split, names in (("train", train), ("test", test)):
+        folders = sorted((root / split).iterdir())
+        for folder, name in zip(folders, names, strict=False):
+            folder.rename(root / split / name)
+        for extra in folders[len(names) :]:
+            shutil.rmtree(extra)
+    return root
+
+
+def test_evaluation_pairs_classes_by_name(tmp_path: Path):
+    root = _named_tree(tmp_path / "images", ["airplane", "bird", "cat"], ["airplane", "cat"])
+    images = evaluation_images("imagefolder", str(root), str(tmp_path), ["airplane", "bird", "cat"])
+    labels = {label for _, label in images}
+    assert labels == {0, 2}  # cat is training label 2, though it is the test split's folder 1
+    assert match_classes(["a", "b"], ["b", "a"]) == [1, 0]
+
+
+def test_a_class_missing_from_the_training_split_is_an_error_everywhere(tmp_path: Path):
+    root = _named_tree(tmp_path / "images", ["airplane", "cat"], ["airplane", "dog"])
+    common = ["random", "--backbone", "resnet18", "--stem", "imagenet", "--dataset", "imagefolder",
+              "--data", str(root), "--image-size", "16", "--workers", "0"]  # fmt: skip
+    lacks = (
+        "the evaluation split has classes the training split lacks: dog \\(training classes: airplane, cat"
+    )
+    with pytest.raises(ValueError, match=lacks):
+        eval_knn.main(common)
+    for protocol in ("cifar", "imagenet"):
+        with pytest.raises(ValueError, match=lacks):
+            eval_linear.main([*common, "--protocol", protocol, "--epochs", "1", "--batch-size", "4"])
+    with pytest.raises(ValueError, match=lacks):  # the trainer's k-NN monitor, before any training
+        pretrain.train(tiny_config(root, tmp_path / "run", knn_every=1, batch_size=4))

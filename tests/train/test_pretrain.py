@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 import torchvision
 
-from tests.train.conftest import free_port, join_two_process_group, make_image_tree, tiny_config
+from tests.train.conftest import free_port, join_two_process_group, make_image_tree, metric_rows, tiny_config
 from train import export, pretrain
-from train.monitor import CollapseError
+from train.monitor import CollapseError, collapse_threshold
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -35,6 +35,10 @@ def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path):
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"), 1e-6)
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert sum('"kind": "step"' in line for line in lines) == 4
+    # the probe accuracy of the epoch resumed at step 2 covers all 4 of its steps, as uninterrupted
+    (straight,) = [row for row in metric_rows(tmp_path / "straight", "epoch") if row["step"] == 4]
+    (resumed,) = [row for row in metric_rows(tmp_path / "resumed", "epoch") if row["step"] == 4]
+    assert resumed["probe_train_top1"] == straight["probe_train_top1"]
 
 
 def _ddp_worker(rank: int, data: str, out: str, port: int, method: str) -> None:
@@ -61,13 +65,27 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
 
 
 def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path: Path):
+    # collapse_rank 1e9 is capped at 7, the highest effective rank a batch of 8 can reach
     with pytest.raises(
-        CollapseError, match="effective rank [0-9.]+ < 1000000000.0 after epoch 1; the last good checkpoint"
+        CollapseError, match="effective rank [0-9.]+ < 7 .*after epoch 1; no checkpoint was written yet"
     ):
         pretrain.train(tiny_config(image_tree, tmp_path / "run", collapse_rank=1e9))
     assert not (tmp_path / "run" / "last.pt").exists()
-    with pytest.raises(CollapseError, match="the loss became nan"):
+    with pytest.raises(CollapseError, match="the loss became nan .*No checkpoint was written yet"):
         pretrain.train(tiny_config(image_tree, tmp_path / "nan", lr=float("nan")))
+
+
+def test_collapse_threshold_stays_within_the_rank_a_batch_can_reach():
+    assert collapse_threshold(1.5, samples=2, dims=2048) is None  # 2 centred samples: rank 1 always
+    assert collapse_threshold(1.5, samples=3, dims=2048) == 1.5
+    assert collapse_threshold(1e9, samples=8, dims=2048) == 7
+    assert collapse_threshold(1e9, samples=256, dims=16) == 16
+
+
+def test_batch_of_two_trains_without_a_false_collapse(image_tree: Path, tmp_path: Path, capsys):
+    summary = pretrain.train(tiny_config(image_tree, tmp_path / "run", batch_size=2, epochs=1))
+    assert summary["steps"] == 16  # a whole epoch, past the epoch-end collapse check
+    assert "the collapse check is off: a batch of 2 embeddings" in capsys.readouterr().out
 
 
 def test_corrupt_or_foreign_checkpoints_are_errors(image_tree: Path, tmp_path: Path):
