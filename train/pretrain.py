@@ -3,6 +3,7 @@
 With no arguments it runs the embedded demo (a ResNet-18 on the bundled CIFAR-10 subset, a few
 minutes on 2 CPU cores) and prints the backbone's k-NN accuracy before and after. Under `torchrun`
 it trains data-parallel over every process; re-running the same command resumes from OUT/last.pt.
+`--help` lists every key with its default and meaning.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train.augment import build_views
 from train.checkpoint import load_checkpoint, save_atomic
-from train.config import Config, load_config, save_config
+from train.config import Config, help_text, load_config, save_config
 from train.data import Augmented, image_dataset, train_loader
 from train.distributed import Runtime, init_runtime, synchronise_batch_norm
 from train.eval_knn import features_of
@@ -78,19 +79,51 @@ def _broadcast_path(path: Path, runtime: Runtime) -> Path:
 
 
 def evaluate_knn(backbone: nn.Module, features: int, config: Config, runtime: Runtime) -> float:
-    """Weighted k-NN accuracy (%) of the backbone's features, training split as the memory bank."""
+    """k-NN accuracy (%) of the backbone's features, training split as the memory bank: weighted
+    cosine votes, or (knn_metric euclidean) the official CIFAR monitor's plain Euclidean majority."""
     source = Source(backbone, features, config, "training")
     train_f, train_y = features_of(source, "train", runtime.device, config.num_workers, cache=None)
     test_f, test_y = features_of(source, "eval", runtime.device, config.num_workers, cache=None)
-    return knn_accuracy(train_f, train_y, test_f, test_y, k=config.knn_k)
+    euclidean = config.knn_metric == "euclidean"
+    return knn_accuracy(
+        train_f, train_y, test_f, test_y, k=config.knn_k,
+        temperature=None if euclidean else 0.07, metric=config.knn_metric,
+    )  # fmt: skip
+
+
+def mixed_precision(precision: str, device: torch.device) -> tuple[Any, torch.amp.GradScaler]:
+    """The autocast context and the gradient scaler of a `precision` setting on `device`.
+
+    auto is bf16 on a GPU that has it, else fp16; fp16 scales the loss (a GradScaler, as the official
+    main.py); the scaler of every other setting is a disabled one that passes through. CPU runs are
+    fp32."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise ValueError(f"precision {precision} needs a CUDA device; on the CPU the trainer runs fp32")
+        precision = "fp32"
+    elif precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision bf16: this GPU has no bf16; use --precision fp16 (or fp32)")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if precision == "fp32":
+        return contextlib.nullcontext(), scaler
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 def _checkpoint_state(
-    model: Pretrainer, optimizer: torch.optim.Optimizer, step: int, config: Config, history: dict[str, Any]
+    model: Pretrainer,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    config: Config,
+    history: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
         "step": step,
         "config": dataclasses.asdict(config),
         "history": history,
@@ -108,7 +141,7 @@ def train(config: Config) -> dict[str, Any]:
         save_config(config, out_dir / "config.yaml")
 
     images = image_dataset(config.dataset, config.data, config.cache_dir, "train")
-    dataset = Augmented(images, build_views(config.augment, config.image_size), config.seed)
+    dataset = Augmented(images, build_views(config.augment, config.image_size, config.dataset), config.seed)
     cuda = runtime.device.type == "cuda"
     loader = train_loader(
         dataset, config.batch_size, runtime.world_size, runtime.rank, config.seed, config.num_workers, cuda
@@ -124,6 +157,7 @@ def train(config: Config) -> dict[str, Any]:
     if cuda and config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.method, model.probe, config)
+    autocast, scaler = mixed_precision(config.precision, runtime.device)
 
     step, history = 0, {"spectrum": [], "knn": {}}
     checkpoint_path = out_dir / CHECKPOINT
@@ -131,6 +165,8 @@ def train(config: Config) -> dict[str, Any]:
         state = load_checkpoint(checkpoint_path, dataclasses.asdict(config))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when saved by a disabled (not fp16) scaler
+            scaler.load_state_dict(state["scaler"])
         step, history = state["step"], state["history"]
         torch.set_rng_state(state["rng_torch"])
         if runtime.is_main:
@@ -147,7 +183,7 @@ def train(config: Config) -> dict[str, Any]:
 
     def save() -> None:
         if runtime.is_main:
-            save_atomic(_checkpoint_state(model, optimizer, step, config, history), checkpoint_path)
+            save_atomic(_checkpoint_state(model, optimizer, scaler, step, config, history), checkpoint_path)
         if runtime.world_size > 1:
             dist.barrier()
 
@@ -163,9 +199,6 @@ def train(config: Config) -> dict[str, Any]:
     if config.knn_every and step == 0 and "0" not in history["knn"]:
         knn_monitor(0)
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if cuda and config.amp else contextlib.nullcontext()
-    )
     while step < last_step:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         loader.sampler.start_at(epoch, done_in_epoch * loader.batch_size)
@@ -180,6 +213,7 @@ def train(config: Config) -> dict[str, Any]:
             labels = labels.to(runtime.device, non_blocking=True)
             lr = learning_rate(config, step, steps_per_epoch)
             set_learning_rate(optimizer, lr)
+            extra = model.method.before_step(step, total_steps)
             with autocast:
                 out = network(views, labels, step, total_steps)
             loss = out["loss"] + out["probe_loss"]
@@ -189,9 +223,9 @@ def train(config: Config) -> dict[str, Any]:
                     f"checkpoint is {checkpoint_path}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            extra = model.method.after_step(step, total_steps)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             probe_correct += int(out["probe_correct"])
             probe_seen += len(labels)
@@ -264,7 +298,11 @@ def train(config: Config) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = load_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip(), help_text(), sep="\n\n")
+        return 0
+    config = load_config(argv)
     summary = train(config)
     knn = summary["knn"]
     if knn:
