@@ -91,20 +91,24 @@ def evaluate_knn(backbone: nn.Module, features: int, config: Config, runtime: Ru
     )  # fmt: skip
 
 
-def mixed_precision(precision: str, device: torch.device) -> tuple[Any, torch.amp.GradScaler]:
-    """The autocast context and the gradient scaler of a `precision` setting on `device`.
-
-    auto is bf16 on a GPU that has it, else fp16; fp16 scales the loss (a GradScaler, as the official
-    main.py); the scaler of every other setting is a disabled one that passes through. CPU runs are
-    fp32."""
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run on `device` trains in: auto is bf16 on a GPU that has it, else fp16; CPU
+    runs are fp32 (an explicit bf16 or fp16 there is an error)."""
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
             raise ValueError(f"precision {precision} needs a CUDA device; on the CPU the trainer runs fp32")
-        precision = "fp32"
-    elif precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    elif precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ValueError("precision bf16: this GPU has no bf16; use --precision fp16 (or fp32)")
+    return precision
+
+
+def mixed_precision(precision: str, device: torch.device) -> tuple[Any, torch.amp.GradScaler]:
+    """The autocast context and the gradient scaler of a resolved precision: fp16 scales the loss (a
+    GradScaler, as the official main.py); every other precision gets a disabled scaler, which passes
+    the loss and the optimiser step through unchanged."""
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if precision == "fp32":
         return contextlib.nullcontext(), scaler
@@ -157,7 +161,10 @@ def train(config: Config) -> dict[str, Any]:
     if cuda and config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.method, model.probe, config)
-    autocast, scaler = mixed_precision(config.precision, runtime.device)
+    precision = resolve_precision(config.precision, runtime.device)
+    autocast, scaler = mixed_precision(precision, runtime.device)
+    if runtime.is_main:
+        print(f"training in {precision} on {runtime.device}", flush=True)
 
     step, history = 0, {"spectrum": [], "knn": {}}
     checkpoint_path = out_dir / CHECKPOINT
