@@ -81,12 +81,16 @@ def intl_loss(
 
     Every view is whitened, then `sum_{i>=1} [norm_mse(t_i, t_0) + beta (TL(t_i) + TL(t_0))] /
     (n_views - 1)`, TL being `trace_loss` along the whitening's axis (`whitening.axis`, 0 if it has
-    none). With beta=None it is `intl_trade_off(axis, N, D)` of the first view's (N, D) shape.
+    none). With beta=None it is `intl_trade_off(axis, N, D)` of the first *whitened* view's (N, D)
+    shape: a whitening that gathers across ranks returns the global batch, so N is the global batch
+    size, as in the official code (methods/base.py computes beta from the batch size before main.py
+    splits it over the GPUs).
     """
     if len(views) < 2:
         raise ValueError(f"INTL needs at least 2 views, got {len(views)}")
     axis = getattr(whitening, "axis", 0)
+    whitened = [whitening(v) for v in views]
     if beta is None:
-        beta = intl_trade_off(axis, views[0].shape[0], views[0].shape[-1])
-    alignment, trace = intl_loss_terms([whitening(v) for v in views], axis)
+        beta = intl_trade_off(axis, whitened[0].shape[0], whitened[0].shape[-1])
+    alignment, trace = intl_loss_terms(whitened, axis)
     return alignment + beta * trace

@@ -80,3 +80,32 @@ def test_loss_errors_name_the_problem():
         intl_loss([torch.randn(4, 3)], FusedIterNorm())
     with pytest.raises(ValueError, match="meta"):
         norm_mse_loss(torch.randn(4, 3), torch.randn(4, 3, device="meta"))
+
+
+def _global_beta_worker(rank: int, init_file: str, seed: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        views = [torch.randn(16, 24, generator=generator, dtype=torch.float64) for _ in range(2)]
+        rows = slice(8 * rank, 8 * rank + 8)  # each rank holds half of the global batch of 16
+        got = intl_loss([v[rows] for v in views], FusedIterNorm(axis=0))
+        t = [iternorm_reference(v, 0) for v in views]
+        # The official beta: cal_trade_off(cfg) in methods/base.py with the global cfg.bs = 16
+        # (0.01), not the per-rank 8 (0.0).
+        beta = (math.log2(16) - 3) * 0.01
+        expected = (
+            2
+            - 2 * F.cosine_similarity(t[1], t[0], dim=1).mean()
+            + beta * (trace_loss_direct(t[1], 0) + trace_loss_direct(t[0], 0))
+        )
+        assert_close(got, expected, 1e-12)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_default_beta_uses_the_global_batch_when_the_whitening_gathers(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_global_beta_worker, args=(str(tmp_path / "init"), 5), nprocs=2, join=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,55 +17,97 @@ import yaml
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+def _key(default: Any, meaning: str) -> Any:
+    """A config field with its meaning, which `python -m train.pretrain --help` prints."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": meaning})
+    return field(default=default, metadata={"help": meaning})
+
+
+# The help's sections: the first key of each, in the order of the fields below.
+SECTIONS = {
+    "name": "Run",
+    "dataset": "Data",
+    "backbone": "Model",
+    "method": "Method",
+    "epochs": "Optimisation",
+    "device": "Runtime",
+}
+
+
 @dataclass
 class Config:
     """Everything a pretraining run depends on; written next to its outputs as config.yaml."""
 
-    name: str = "demo"
-    # Data: "demo" (the bundled CIFAR-10 subset), "cifar10", "cifar100" (torchvision, or an
-    # ImageFolder tree / .tar(.gz) of one given as `data`), or "imagefolder" (`data` is required).
-    dataset: str = "demo"
-    data: str | None = None
-    cache_dir: str = "~/.cache/intl-kernels"
-    augment: str = "cifar"  # "cifar" | "imagenet" (two views) | "multicrop"
-    image_size: int = 32
-    num_workers: int = 2
+    name: str = _key("demo", "run name (the recipe's file name); names the default output folder")
+    # Data
+    dataset: str = _key(
+        "demo",
+        "demo (the bundled CIFAR-10 subset) | cifar10 | cifar100 (torchvision, or an ImageFolder "
+        "tree / .tar(.gz) of one given as data) | imagefolder (data is required)",
+    )
+    data: str | None = _key(None, "dataset path: a torchvision root, an ImageFolder tree or a .tar(.gz)")
+    cache_dir: str = _key("~/.cache/intl-kernels", "where archives are extracted (once)")
+    augment: str = _key("cifar", "cifar | imagenet (two views) | multicrop (2x224 + 192, 160, 128, 96)")
+    image_size: int = _key(32, "crop size of the views (multicrop: fixed sizes)")
+    num_workers: int = _key(2, "data loader worker processes per rank")
     # Model
-    backbone: str = "resnet18"  # "resnet18" | "resnet50"
-    stem: str = "cifar"  # "cifar" (3x3 stride-1 conv, no max-pool) | "imagenet"
-    projector: list[int] = field(default_factory=lambda: [2048, 2048, 2048])
+    backbone: str = _key("resnet18", "resnet18 | resnet50")
+    stem: str = _key("cifar", "cifar (3x3 stride-1 conv, no max-pool) | imagenet")
+    projector: list[int] = _key(
+        [2048, 2048, 2048], "projector layer sizes, comma-separated; the last is the embedding size"
+    )
     # Method
-    method: str = "intl"  # "intl" | "intl_m"
-    axis: int = 0
-    iterations: int = 4
-    beta: float | None = None  # None: intl_trade_off(axis, batch_size, embedding size)
-    base_momentum: float = 0.996  # intl_m's EMA momentum at step 0
-    whitening_backend: str = "auto"
+    method: str = _key("intl", "intl | intl_m (INTL with an EMA target)")
+    axis: int = _key(0, "whitening axis: 0 (the official default) | 1")
+    iterations: int = _key(4, "IterNorm Newton iterations T")
+    beta: float | None = _key(
+        None, "trace-loss weight; none: intl_trade_off(axis, batch_size, embedding size), the official rule"
+    )
+    base_momentum: float = _key(0.996, "intl_m's EMA momentum at step 0 (cosine schedule up to 1)")
+    whitening_backend: str = _key(
+        "auto", "FusedIterNorm backend: auto | reference | torch | cpp | cuda | triton"
+    )
     # Optimisation
-    epochs: int = 100
-    batch_size: int = 256  # global, over all ranks
-    lr: float = 0.5  # for a batch of 256; scaled linearly with batch_size
-    weight_decay: float = 1e-5
-    warmup_epochs: float = 2.0
-    final_lr_ratio: float = 0.001
-    optimizer: str = "sgd"  # "sgd" | "lars"
-    max_steps: int | None = None  # stop early (tests, smoke runs)
+    epochs: int = _key(100, "training epochs")
+    batch_size: int = _key(256, "global batch, over all ranks")
+    lr: float = _key(0.5, "learning rate for a batch of 256; scaled linearly with batch_size")
+    weight_decay: float = _key(1e-5, "SGD weight decay")
+    weight_decay_1d: bool = _key(
+        False,
+        "also decay 1-D parameters (biases, norm scales and shifts): the official CIFAR code decays "
+        "every parameter, the official ImageNet code none of the 1-D ones",
+    )
+    warmup_epochs: float = _key(2.0, "linear warm-up epochs")
+    final_lr_ratio: float = _key(0.001, "the cosine schedule ends at this fraction of the peak lr")
+    optimizer: str = _key("sgd", "sgd (momentum 0.9, the official) | lars")
+    max_steps: int | None = _key(None, "stop after this many steps (tests, smoke runs); none: run all epochs")
     # Runtime
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    amp: bool = True  # bf16 autocast on GPU; the whitening's internals stay fp32
-    channels_last: bool = True
-    compile: bool = False
-    seed: int = 0
-    output_dir: str | None = None  # default runs/<name>-<timestamp>
-    ckpt_every: int = 0  # also checkpoint every this many steps (0: off)
-    ckpt_minutes: float = 10.0  # and after this much wall time since the last checkpoint (0: off)
-    collective_timeout: float = 30.0  # minutes a collective waits for another rank, then an error
-    log_every: int = 10
-    knn_every: int = 0  # k-NN monitor every this many epochs (0: off)
-    knn_k: int = 20
-    probe_lr: float = 0.1  # online linear probe on detached features
-    spectrum_every: int = 1  # epochs
-    collapse_rank: float = 1.5  # effective rank below this stops the run
+    device: str = _key("auto", "auto | cpu | cuda")
+    precision: str = _key(
+        "auto",
+        "GPU autocast: auto (bf16 where the GPU has it, else fp16) | bf16 | fp16 (with a GradScaler, "
+        "as the official ImageNet code) | fp32 (as the official CIFAR code); the whitening's "
+        "internals stay fp32; CPU runs are fp32",
+    )
+    channels_last: bool = _key(True, "channels-last memory format on GPU")
+    compile: bool = _key(False, "torch.compile the backbone")
+    seed: int = _key(0, "seed of the initialisation, data order and augmentations")
+    output_dir: str | None = _key(None, "output folder; none: runs/<name>-<timestamp>")
+    ckpt_every: int = _key(0, "also checkpoint every this many steps (0: off)")
+    ckpt_minutes: float = _key(10.0, "and after this much wall time since the last checkpoint (0: off)")
+    collective_timeout: float = _key(30.0, "minutes a collective waits for another rank, then an error")
+    log_every: int = _key(10, "log metrics every this many steps")
+    knn_every: int = _key(0, "k-NN monitor every this many epochs (0: off)")
+    knn_k: int = _key(20, "neighbours of the k-NN monitor")
+    knn_metric: str = _key(
+        "cosine",
+        "k-NN monitor: cosine (votes weighted by exp(similarity / 0.07)) | euclidean (plain "
+        "majority, the official CIFAR monitor)",
+    )
+    probe_lr: float = _key(0.1, "lr of the online linear probe on detached features")
+    spectrum_every: int = _key(1, "log the embedding spectrum every this many epochs")
+    collapse_rank: float = _key(1.5, "an effective rank below this stops the run")
 
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
@@ -80,6 +123,45 @@ class Config:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
+
+
+def help_text() -> str:
+    """Every key with its default and meaning, in the sections of the Config fields."""
+    lines = [
+        "usage: python -m train.pretrain [--config FILE|NAME] [--key value ...]",
+        "",
+        textwrap.fill(
+            "--config FILE|NAME: a recipe, a YAML file or a name in train/configs/ "
+            f"({', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}); default demo. "
+            "--key value (or --key=value) overrides one key of the recipe; hyphens or underscores.",
+            100,
+        ),
+    ]
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            lines += ["", f"{SECTIONS[f.name]}:"]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        hint = hints[f.name]
+        kind = hint.__name__ if isinstance(hint, type) else str(hint)
+        entry = f"--{f.name} ({kind}, default {default}): {f.metadata['help']}"
+        lines.append(textwrap.fill(entry, 100, initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+# Keys that older checkpoints' configs hold under another form: key -> its translation.
+_LEGACY_KEYS = {"amp": lambda amp: {"precision": "auto" if amp else "fp32"}}
+
+
+def config_from_saved(values: dict[str, Any]) -> Config:
+    """The Config of a saved run (a checkpoint's or config.yaml's dict), older forms translated."""
+    values = dict(values)
+    for key, translate in _LEGACY_KEYS.items():
+        if key in values:
+            values.update(translate(values.pop(key)))
+    return Config(**values)
 
 
 def _convert(name: str, value: Any) -> Any:
@@ -197,6 +279,8 @@ def validate(config: Config) -> None:
         "method": ("intl", "intl_m"),
         "optimizer": ("sgd", "lars"),
         "device": ("auto", "cpu", "cuda"),
+        "precision": ("auto", "bf16", "fp16", "fp32"),
+        "knn_metric": ("cosine", "euclidean"),
     }
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.config import Config
+from train.config import Config, config_from_saved
 from train.export import backbone_state_dict
 from train.models import backbone
 
@@ -57,7 +57,7 @@ def load_source(args: argparse.Namespace) -> Source:
             raise ValueError(
                 f"{args.checkpoint} is not a training checkpoint (no config); pass an exported .pth"
             )
-        config = Config(**state["config"])
+        config = config_from_saved(state["config"])
     for key in ("backbone", "stem", "dataset", "data", "cache_dir", "augment", "image_size"):
         value = getattr(args, key, None)
         if value is not None:

@@ -7,6 +7,7 @@ The result is a torchvision ResNet state dict without the classifier (`fc`): loa
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -37,13 +38,13 @@ def backbone_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m train.export CHECKPOINT OUTPUT.pth", file=sys.stderr)
-        return 2
-    weights = backbone_state_dict(Path(args[0]))
-    torch.save(weights, args[1])
-    print(f"wrote {len(weights)} tensors of the backbone to {args[1]}")
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a training checkpoint, OUT/last.pt")
+    parser.add_argument("output", type=Path, help="where to write the backbone's state dict (.pth)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    weights = backbone_state_dict(args.checkpoint)
+    torch.save(weights, args.output)
+    print(f"wrote {len(weights)} tensors of the backbone to {args.output}")
     return 0
 
 

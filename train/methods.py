@@ -60,7 +60,8 @@ class INTL(nn.Module):
             "whitened": whitened[0],
         }
 
-    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+    def before_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """Called before the forward of `step`; returns what to log."""
         return {}
 
 
@@ -93,15 +94,14 @@ class INTLMomentum(INTL):
         return self._outputs(alignment, trace, features, embeddings, whitened)
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+    def before_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """The official EMA (methods/intl_m.py, main.py's adjust_momentum): before the forward of
+        `step`, target parameters <- m target + (1 - m) online with m = ema_momentum(m0, step,
+        total). Buffers are not copied: the target's batch norms keep their own statistics."""
         momentum = ema_momentum(self.base_momentum, step, total_steps)
         online = list(self.backbone.parameters()) + list(self.projector.parameters())
         target = list(self.target["backbone"].parameters()) + list(self.target["projector"].parameters())
         torch._foreach_lerp_(target, online, 1 - momentum)
-        for mine, theirs in zip(
-            self.target.buffers(), [*self.backbone.buffers(), *self.projector.buffers()], strict=True
-        ):
-            mine.copy_(theirs)
         return {"momentum": momentum}
 
 

@@ -1,5 +1,6 @@
-"""Optimiser and schedule: SGD (or LARS), no weight decay on biases and normalisation parameters,
-lr x batch/256, linear warm-up then cosine to final_lr_ratio x lr, set every iteration."""
+"""Optimiser and schedule: SGD (or LARS), weight decay on the weights (and, as the official CIFAR
+code, optionally on the 1-D parameters), lr x batch/256, linear warm-up then cosine to
+final_lr_ratio x lr, set every iteration, exactly as the official main.py / cifar/main.py."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from torch import nn
 from train.config import Config
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weights decay; biases and normalisation parameters (all 1-D parameters) do not."""
-    decay, no_decay = [], []
+def parameter_groups(model: nn.Module, weight_decay: float, decay_1d: bool = False) -> list[dict]:
+    """Weights (>= 2-D) decay; the 1-D parameters (biases, normalisation scales and shifts) decay only
+    with `decay_1d`. The official ImageNet main.py exempts every parameter with ndim == 1; the official
+    cifar/main.py gives one weight decay to all parameters."""
+    weights, one_d = [], []
     for parameter in model.parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+            (one_d if parameter.ndim <= 1 else weights).append(parameter)
     return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True, "probe": False},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False, "probe": False},
+        {"params": weights, "weight_decay": weight_decay, "lars": True, "probe": False},
+        {"params": one_d, "weight_decay": weight_decay if decay_1d else 0.0, "lars": False, "probe": False},
     ]
 
 
@@ -51,7 +54,7 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(model: nn.Module, probe: nn.Module, config: Config) -> torch.optim.Optimizer:
     """One optimiser for the model (scheduled) and the online linear probe (fixed lr, no decay)."""
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.weight_decay_1d)
     groups.append(
         {
             "params": list(probe.parameters()),
@@ -72,15 +75,18 @@ def peak_lr(config: Config) -> float:
 
 
 def learning_rate(config: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over warmup_epochs, then cosine from the peak to final_lr_ratio x peak."""
+    """The official schedule (adjust_learning_rate in main.py and cifar/main.py), for 0-based `step`:
+    `peak (step + 1) / warmup` during the warm-up, then with `q = (1 + cos(pi (step - warmup + 1) /
+    (total - warmup))) / 2`, `peak q + final (1 - q)`, which is exactly `final` at the last step."""
     peak = peak_lr(config)
     warmup = int(config.warmup_epochs * steps_per_epoch)
     total = config.epochs * steps_per_epoch
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
+    progress = (step - warmup + 1) / max(total - warmup, 1)
+    q = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     final = peak * config.final_lr_ratio
-    return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return peak * q + final * (1 - q)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -3,6 +3,7 @@
 With no arguments it runs the embedded demo (a ResNet-18 on the bundled CIFAR-10 subset, a few
 minutes on 2 CPU cores) and prints the backbone's k-NN accuracy before and after. Under `torchrun`
 it trains data-parallel over every process; re-running the same command resumes from OUT/last.pt.
+`--help` lists every key with its default and meaning.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train.augment import build_views
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.config import Config, load_config, save_config
+from train.config import Config, help_text, load_config, save_config
 from train.data import Augmented, image_dataset, train_loader
 from train.distributed import (
     Heartbeat,
@@ -96,12 +97,42 @@ def _broadcast_path(path: Path, runtime: Runtime) -> Path:
 
 
 def evaluate_knn(backbone: nn.Module, features: int, config: Config, runtime: Runtime) -> float:
-    """Weighted k-NN accuracy (%) of the backbone's features, training split as the memory bank."""
+    """k-NN accuracy (%) of the backbone's features, training split as the memory bank: weighted
+    cosine votes, or (knn_metric euclidean) the official CIFAR monitor's plain Euclidean majority."""
     source = Source(backbone, features, config, "training")
     train_f, train_y, test_f, test_y = labelled_features(
         source, runtime.device, config.num_workers, cache=None
     )
-    return knn_accuracy(train_f, train_y, test_f, test_y, k=config.knn_k)
+    euclidean = config.knn_metric == "euclidean"
+    return knn_accuracy(
+        train_f, train_y, test_f, test_y, k=config.knn_k,
+        temperature=None if euclidean else 0.07, metric=config.knn_metric,
+    )  # fmt: skip
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run on `device` trains in: auto is bf16 on a GPU that has it, else fp16; CPU
+    runs are fp32 (an explicit bf16 or fp16 there is an error)."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise ValueError(f"precision {precision} needs a CUDA device; on the CPU the trainer runs fp32")
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision bf16: this GPU has no bf16; use --precision fp16 (or fp32)")
+    return precision
+
+
+def mixed_precision(precision: str, device: torch.device) -> tuple[Any, torch.amp.GradScaler]:
+    """The autocast context and the gradient scaler of a resolved precision: fp16 scales the loss (a
+    GradScaler, as the official main.py); every other precision gets a disabled scaler, which passes
+    the loss and the optimiser step through unchanged."""
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if precision == "fp32":
+        return contextlib.nullcontext(), scaler
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 def _last_good(path: Path, saved_step: int | None) -> str:
@@ -112,11 +143,17 @@ def _last_good(path: Path, saved_step: int | None) -> str:
 
 
 def _checkpoint_state(
-    model: Pretrainer, optimizer: torch.optim.Optimizer, step: int, config: Config, history: dict[str, Any]
+    model: Pretrainer,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    config: Config,
+    history: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
         "step": step,
         "config": dataclasses.asdict(config),
         "history": history,
@@ -148,7 +185,7 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
         out_dir.mkdir(parents=True, exist_ok=True)
 
     images = image_dataset(config.dataset, config.data, config.cache_dir, "train")
-    dataset = Augmented(images, build_views(config.augment, config.image_size), config.seed)
+    dataset = Augmented(images, build_views(config.augment, config.image_size, config.dataset), config.seed)
     cuda = runtime.device.type == "cuda"
     loader = train_loader(
         dataset, config.batch_size, runtime.world_size, runtime.rank, config.seed, config.num_workers, cuda
@@ -171,6 +208,10 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
     if cuda and config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.method, model.probe, config)
+    precision = resolve_precision(config.precision, runtime.device)
+    autocast, scaler = mixed_precision(precision, runtime.device)
+    if runtime.is_main:
+        print(f"training in {precision} on {runtime.device}", flush=True)
 
     step, history, saved_step, resumed = 0, {"spectrum": [], "knn": {}}, None, None
     checkpoint_path = out_dir / CHECKPOINT
@@ -183,6 +224,8 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
             raise RuntimeError(
                 f"checkpoint {checkpoint_path} does not fit this model or optimiser: {exc}"
             ) from None
+        if state.get("scaler"):  # empty when saved by a disabled (not fp16) scaler
+            scaler.load_state_dict(state["scaler"])
         step, history, saved_step = state["step"], state["history"], state["step"]
         torch.set_rng_state(state["rng_torch"])
         resumed = resume_record(step, allowed_changes(state["config"], dataclasses.asdict(config)))
@@ -209,7 +252,8 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
     def save() -> None:
         nonlocal saved_step
         if runtime.is_main:
-            save_checkpoint(_checkpoint_state(model, optimizer, step, config, history), checkpoint_path)
+            state = _checkpoint_state(model, optimizer, scaler, step, config, history)
+            save_checkpoint(state, checkpoint_path)
         if runtime.world_size > 1:
             dist.barrier()
         saved_step = step
@@ -227,9 +271,6 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
     if config.knn_every and step == 0 and "0" not in history["knn"]:
         knn_monitor(0)
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if cuda and config.amp else contextlib.nullcontext()
-    )
     stopping = False
     while step < last_step and not stopping:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
@@ -249,6 +290,7 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
             labels = labels.to(runtime.device, non_blocking=True)
             lr = learning_rate(config, step, steps_per_epoch)
             set_learning_rate(optimizer, lr)
+            extra = model.method.before_step(step, total_steps)
             with autocast:
                 out = network(views, labels, step, total_steps)
             loss = out["loss"] + out["probe_loss"]
@@ -258,9 +300,9 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
                     f"{_last_good(checkpoint_path, saved_step).capitalize()}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            extra = model.method.after_step(step, total_steps)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             history["epoch_probe"][0] += int(out["probe_correct"])
             history["epoch_probe"][1] += len(labels)
@@ -347,7 +389,11 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = load_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip(), help_text(), sep="\n\n")
+        return 0
+    config = load_config(argv)
     summary = train(config)
     if summary["stopped"]:
         return REQUEUE_EXIT_CODE

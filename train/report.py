@@ -8,6 +8,7 @@ OUT/report.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -119,11 +120,10 @@ def write_report(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m train.report OUT", file=sys.stderr)
-        return 2
-    print(f"wrote {write_report(Path(args[0]))}")
+    parser = argparse.ArgumentParser(prog="python -m train.report", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="a training output directory (python -m train.pretrain)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    print(f"wrote {write_report(args.out)}")
     return 0
 
 

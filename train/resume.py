@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 MAY_CHANGE = frozenset({
-    "name", "output_dir", "data", "cache_dir", "num_workers", "device", "amp", "channels_last",
+    "name", "output_dir", "data", "cache_dir", "num_workers", "device", "precision", "channels_last",
     "compile", "whitening_backend", "max_steps", "ckpt_every", "ckpt_minutes", "log_every",
-    "knn_every", "knn_k", "spectrum_every", "collapse_rank", "collective_timeout",
+    "knn_every", "knn_k", "knn_metric", "spectrum_every", "collapse_rank", "collective_timeout",
 })  # fmt: skip
 
 ABSENT = "<absent>"  # a key the checkpoint's config does not have (written by an older version)

@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 
 from intl_kernels import trace_loss
 from train.augment import build_views
-from train.config import Config
+from train.config import config_from_saved
 from train.data import Augmented, image_dataset
 from train.methods import build_method
 
@@ -104,7 +104,7 @@ def analyse_checkpoint(
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"{path} is not a training checkpoint (python -m train.pretrain writes OUT/last.pt)")
-    config = Config(**state["config"])
+    config = config_from_saved(state["config"])
     if cache_dir:
         config.cache_dir = cache_dir
     method = build_method(config)
@@ -115,7 +115,7 @@ def analyse_checkpoint(
     images = image_dataset(config.dataset, config.data, config.cache_dir, "eval")
     views = Augmented(
         Subset(images, range(min(samples, len(images)))),
-        build_views("cifar" if config.augment == "cifar" else "imagenet", config.image_size),
+        build_views("cifar" if config.augment == "cifar" else "imagenet", config.image_size, config.dataset),
         seed=0,
     )
     batch = batch_size or config.batch_size

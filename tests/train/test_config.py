@@ -35,7 +35,11 @@ def test_every_official_recipe_is_there_and_loads():
                 "lr": 0.3,
                 "weight_decay": 1e-4,
                 "projector": [2048] * 3,
-                "beta": 0.05,
+                "beta": None,  # intl_trade_off of the batch size, as the official cal_trade_off
+                "weight_decay_1d": True,
+                "knn_every": 5,
+                "knn_k": 5,
+                "knn_metric": "euclidean",
             },
         ),
         (
@@ -64,9 +68,9 @@ def test_recipes_hold_the_official_settings(name, expected):
 
 
 def test_defaults_to_the_demo_and_overrides_win():
-    config = load_config(["--epochs", "3", "--projector", "64,32", "--beta", "none", "--amp=false"])
+    config = load_config(["--epochs", "3", "--projector", "64,32", "--beta", "none", "--precision=fp16"])
     assert config.name == "demo" and config.dataset == "demo"
-    assert (config.epochs, config.projector, config.beta, config.amp) == (3, [64, 32], None, False)
+    assert (config.epochs, config.projector, config.beta, config.precision) == (3, [64, 32], None, "fp16")
 
 
 def test_unknown_key_lists_the_valid_ones():
@@ -79,6 +83,8 @@ def test_unknown_key_lists_the_valid_ones():
     [
         (["--epochs", "many"], "needs a int"),
         (["--method", "simclr"], "method must be one of"),
+        (["--precision", "fp8"], "precision must be one of"),
+        (["--knn_metric", "manhattan"], "knn_metric must be one of"),
         (["--batch_size", "1"], "at least 2"),
         (["--dataset", "imagefolder"], "needs --data"),
         (["--config", "nope"], "no config file 'nope'"),
