@@ -82,6 +82,9 @@ def _gram_kernel(
         xj = tiles.load_tile(base, fj, rs, saf, sar, n, red, mean, CENTRE, DTYPE)
         acc = tl.dot(xi, tl.trans(xj), acc, input_precision=PRECISION, out_dtype=DTYPE)
     acc = acc / divisor  # an int: exact in fp64, where a float argument would arrive as fp32
+    # A dot need not give (i, j) and (j, i) bitwise alike (OpenBLAS under the interpreter does not on
+    # some CPUs): a diagonal tile's upper triangle is its lower one transposed, so K is exactly symmetric.
+    acc = tl.where((ti == tj) & (fi[:, None] < fj[None, :]), tl.trans(acc), acc)
     out = K + (s.to(tl.int64) * tl.num_programs(1) + g) * n * n
     mask = (fi[:, None] < n) & (fj[None, :] < n)
     tl.store(out + fi[:, None] * n + fj[None, :], acc, mask=mask)
