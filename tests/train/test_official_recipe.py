@@ -23,7 +23,7 @@ from train.augment import PILGaussianBlur, build_views, evaluation_transform
 from train.config import SECTIONS, Config, config_from_saved, help_text, load_config
 from train.data import SafeImageFolder
 from train.distributed import init_runtime
-from train.eval_knn import features_of
+from train.eval_knn import labelled_features
 from train.evaluate import Source
 from train.knn import knn_accuracy
 from train.methods import INTL, INTLMomentum, ema_momentum
@@ -301,8 +301,7 @@ def test_the_cifar_recipes_monitor_is_the_official_5_nn(image_tree: Path, tmp_pa
     runtime = init_runtime("cpu")
     got = evaluate_knn(network, width, config, runtime)
     source = Source(network, width, config, "test")
-    bank, bank_y = features_of(source, "train", runtime.device, 0, None)
-    queries, query_y = features_of(source, "eval", runtime.device, 0, None)
+    bank, bank_y, queries, query_y = labelled_features(source, runtime.device, 0, None)
     distances = torch.cdist(queries, bank)  # the official eval_knn: cdist, 5 smallest, most frequent
     votes = bank_y[distances.topk(5, dim=1, largest=False).indices]
     predicted = torch.stack([v.unique(return_counts=True)[0][v.unique(return_counts=True)[1].argmax()]
