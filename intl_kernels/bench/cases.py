@@ -1,12 +1,17 @@
 """Benchmark cases, presets, and the FLOP and byte counts of the math each case requires.
 
 A case whitens `views` batches of shape (N, D), each as `groups` groups of D/groups dimensions
-(groups > 1 is the IterNorm layer: each group of channels whitened over its N samples, ddof 0).
+(groups > 1 is the IterNorm layer: each group of channels whitened over its N samples, ddof 0),
+with IterNorm of T = `iterations` steps or the spectral transformation `transform` ("power:0.5").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from intl_kernels.transforms import IterNormTransform, PowerTransform, Transformation, parse_transform
+
+EIGH_FLOPS_PER_N3 = 9  # a symmetric eigendecomposition with eigenvectors (Golub & Van Loan's count)
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,11 @@ class Case:
     views: int = 1
     axis: int = 0
     iterations: int = 4
+    transform: str | None = None  # "kind:parameter"; None is IterNorm with `iterations`
+
+    @property
+    def transformation(self) -> Transformation:
+        return parse_transform(self.transform) if self.transform else IterNormTransform(self.iterations)
 
     @property
     def name(self) -> str:
@@ -63,11 +73,16 @@ PRESETS["all"] = [case for name in list(PRESETS) if name != "cpu-small" for case
 QUICK = [dict(n=64, d=128), dict(n=256, d=1024)]
 
 
-def expand(specs: list[dict], axes: list[int], iterations: int | None) -> list[Case]:
-    """Cases for every axis (grouped cases have no axis), with --T overriding the preset's T."""
+def expand(
+    specs: list[dict], axes: list[int], iterations: int | None, transform: str | None = None
+) -> list[Case]:
+    """Cases for every axis (grouped cases have no axis), with --T overriding the preset's T and
+    --transform the transformation (an "iternorm:T" one is the same as --T T)."""
+    if transform is not None and isinstance(parse_transform(transform), IterNormTransform):
+        iterations, transform = parse_transform(transform).iterations, None
     cases = []
     for spec in specs:
-        spec = dict(spec)
+        spec = dict(spec, transform=transform)
         if iterations is not None:
             spec["iterations"] = iterations
         for axis in [0] if spec.get("groups", 1) > 1 else axes:
@@ -83,14 +98,20 @@ def flops(case: Case, backward: bool) -> float:
              + 6 n^3 max(T-1, 0) (3 products per Newton step; P_1 = 1.5 I - 0.5 Sn is free)
              + 2 n^2 m (whitening W @ xc);
     backward = 6 n^2 m (grad W, W^T grad, grad K @ xc) + 10 n^3 max(T-1, 0) (5 products per step).
+    A power transformation replaces the Newton steps by an eigendecomposition (EIGH_FLOPS_PER_N3 n^3)
+    and 2 n^3 (U diag(h) U^T) forward, 8 n^3 (4 products of the Daleckii-Krein formula) backward.
     Element-wise work (centring, scaling, O(nm)) is not counted.
     """
     g, p, q = case.group_shape
     n, m = min(p, q), max(p, q)
-    steps = max(case.iterations - 1, 0)
-    total = n * (n + 1) * m + 6 * n**3 * steps + 2 * n**2 * m
+    if isinstance(case.transformation, PowerTransform):
+        forward_matrix, backward_matrix = (EIGH_FLOPS_PER_N3 + 2) * n**3, 8 * n**3
+    else:
+        steps = max(case.iterations - 1, 0)
+        forward_matrix, backward_matrix = 6 * n**3 * steps, 10 * n**3 * steps
+    total = n * (n + 1) * m + forward_matrix + 2 * n**2 * m
     if backward:
-        total += 6 * n**2 * m + 10 * n**3 * steps
+        total += 6 * n**2 * m + backward_matrix
     return float(total * g * case.views)
 
 

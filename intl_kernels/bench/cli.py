@@ -4,6 +4,7 @@ Examples:
     intl-bench --quick                                   # short CPU run (README's CPU numbers)
     intl-bench --device cuda --preset all --json r.json  # the GPU check
     intl-bench --shapes 256x2048 4096x4096 --axis 0 1 --T 4
+    intl-bench --shapes 256x2048 --transform power:0.5    # ZCA against autograd through eigh
     intl-bench --train-step --device cuda                # one INTL training step per backend
 """
 
@@ -29,6 +30,7 @@ from intl_kernels.bench.floor import measure_limits
 from intl_kernels.bench.kernel import bench_case
 from intl_kernels.bench.train_step import bench_train_step
 from intl_kernels.dispatch import BACKEND_NAMES, available_backends
+from intl_kernels.transforms import parse_transform
 
 COLUMNS = (
     ("case", 14, "{}"), ("axis", 4, "{}"), ("mode", 16, "{}"), ("backend", 9, "{}"),
@@ -127,12 +129,25 @@ def default_backends(device: torch.device) -> list[str]:
     return [b for b in BACKEND_NAMES if b != "reference" and not (device.type == "cpu" and b == "triton")]
 
 
+def _transform_spec(text: str) -> str:
+    try:
+        parse_transform(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intl-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"))
     parser.add_argument("--axis", type=int, nargs="+", default=[0, 1], choices=(0, 1))
     parser.add_argument("--T", type=int, help="Newton-Schulz iterations (default: 4, or the preset's)")
+    parser.add_argument(
+        "--transform",
+        type=_transform_spec,
+        help="spectral transformation kind:parameter, e.g. power:0.5 (default: IterNorm with --T)",
+    )
     parser.add_argument("--shapes", nargs="+", help="NxD or NxD:groups cases")
     parser.add_argument("--preset", choices=tuple(PRESETS), help="a named set of cases")
     parser.add_argument("--quick", action="store_true", help="short CPU run: 64x128 and 256x1024, 3 repeats")
@@ -194,10 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeats = args.repeats
         else:
             specs, repeats = PRESETS[args.preset or "cpu-small"], args.repeats
-        cases: list[Case] = expand(specs, args.axis, args.T)
+        cases: list[Case] = expand(specs, args.axis, args.T, args.transform)
         limits = measure_limits(device)
         meta.update(matmul_tflops=limits.matmul_flops / 1e12, copy_gbytes_per_s=limits.copy_bytes / 1e9)
-        usable = ", ".join(available_backends(device, dtype))
+        usable = ", ".join(available_backends(device, dtype, cases[0].transformation))
         print(f"# {meta['command']} | {meta.get('gpu', meta['cpu'])}, torch {meta['torch']}, {args.dtype}, "
               f"{meta['threads']} threads | measured peaks: {meta['matmul_tflops']:.2f} TFLOP/s matmul, "
               f"{meta['copy_gbytes_per_s']:.1f} GB/s copy | usable: {usable}")  # fmt: skip

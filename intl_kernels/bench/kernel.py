@@ -13,8 +13,9 @@ from intl_kernels.bench.cases import Case, bytes_moved, flops
 from intl_kernels.bench.floor import Limits
 from intl_kernels.bench.timing import time_interleaved
 from intl_kernels.dispatch import available_backends, resolve_backend
-from intl_kernels.function import iternorm, whiten_groups
+from intl_kernels.function import iternorm, power_whitening, transform_groups, whiten_groups
 from intl_kernels.reference import iternorm_reference, whiten_groups_reference
+from intl_kernels.transforms import PowerTransform
 
 COMPILED = "compile"
 LAYER_EPS = 1e-5  # the IterNorm layer's default
@@ -22,6 +23,17 @@ LAYER_EPS = 1e-5  # the IterNorm layer's default
 
 def _whitening(case: Case, backend: str | None) -> Callable[[Tensor], Tensor]:
     """x (N, D) -> whitened, through a backend name, or the raw reference (backend None)."""
+    transform = case.transformation
+    if isinstance(transform, PowerTransform):
+        # The reference is the baseline a user would write: autograd through eigh of the covariance.
+        if case.groups > 1:
+            g, p, q = case.group_shape
+            return lambda x: (
+                transform_groups(x.mT.reshape(g, p, q), transform, LAYER_EPS, 0, backend or "reference")[0]
+                .reshape(g * p, q)
+                .mT
+            )
+        return lambda x: power_whitening(x, transform.p, case.axis, backend=backend or "reference")
     if case.groups > 1:
         g, p, q = case.group_shape
 
@@ -81,7 +93,7 @@ def bench_case(
         torch.randn(case.n, case.d, dtype=dtype, device=device, requires_grad=True) for _ in range(case.views)
     ]
     grads = [torch.randn_like(x) for x in xs]
-    usable = available_backends(device, dtype)
+    usable = available_backends(device, dtype, case.transformation)
     rows: list[dict[str, Any]] = []
     functions: dict[str, Callable[[Tensor], Tensor]] = {"reference": _whitening(case, None)}
     for name in backends:
@@ -89,7 +101,7 @@ def bench_case(
             continue
         if name not in usable:
             try:
-                resolve_backend(name, device, dtype)
+                resolve_backend(name, device, dtype, case.transformation)
                 reason = "not usable"
             except (RuntimeError, ValueError) as exc:
                 reason = str(exc)
@@ -98,6 +110,7 @@ def bench_case(
                     "case": case.name,
                     "axis": case.axis,
                     "T": case.iterations,
+                    "transform": str(case.transformation),
                     "backend": name,
                     "skipped": reason,
                 }
@@ -116,7 +129,8 @@ def bench_case(
             compile_seconds = time.perf_counter() - begin
             functions[COMPILED] = compiled
         except Exception as exc:  # a compiler toolchain problem must not end the whole run
-            rows.append({"case": case.name, "axis": case.axis, "T": case.iterations, "backend": COMPILED,
+            rows.append({"case": case.name, "axis": case.axis, "T": case.iterations,
+                         "transform": str(case.transformation), "backend": COMPILED,
                          "skipped": f"torch.compile failed: {type(exc).__name__}: {exc}"[:300]})  # fmt: skip
     element = torch.empty((), dtype=dtype).element_size()
     for backward in (False, True):
@@ -127,7 +141,8 @@ def bench_case(
         floor = limits.floor(work, traffic)
         for name, t in timings.items():
             row = {
-                "case": case.name, "axis": case.axis, "T": case.iterations, "mode": mode, "backend": name,
+                "case": case.name, "axis": case.axis, "T": case.iterations,
+                "transform": str(case.transformation), "mode": mode, "backend": name,
                 "median_s": t.median, "min_s": t.low, "max_s": t.high, "repeats": t.repeats,
                 "speedup_vs_reference": timings["reference"].median / t.median,
                 "speedup_vs_compile": timings[COMPILED].median / t.median if COMPILED in timings else None,

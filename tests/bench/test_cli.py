@@ -147,3 +147,24 @@ def test_a_run_cut_short_keeps_the_cases_it_measured(tmp_path, monkeypatch):
         main([*argv, "--no-compile", "--json", str(path)])
     rows = json.loads(path.read_text())["rows"]
     assert rows and {row["case"] for row in rows} == {"8x10"}
+
+
+def test_power_transform_runs_against_the_eigh_baseline(tmp_path):
+    argv = ["--shapes", "8x12", "--axis", "1", "--repeats", "1", "--no-compile", "--transform", "power:0.5"]
+    assert main([*argv, "--backends", "torch", "cpp", "--json", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    timed = [row for row in rows if "skipped" not in row]
+    assert {row["backend"] for row in timed} == {"reference", "torch"}
+    assert {row["transform"] for row in rows} == {"power:0.5"}
+    skipped = [row for row in rows if "skipped" in row]
+    assert [row["backend"] for row in skipped] == ["cpp"]
+    assert "does not implement the 'power' transformation" in skipped[0]["skipped"]
+
+
+def test_power_flop_model_against_a_hand_count():
+    # n = 4, m = 6: Gram 4*5*6, eigh 9*64 + U diag U^T 2*64, whitening 2*16*6; backward 6*16*6 + 8*64.
+    case = Case(n=4, d=6, axis=0, transform="power:0.5")
+    assert flops(case, backward=False) == 120 + 11 * 64 + 192
+    assert flops(case, backward=True) == 120 + 11 * 64 + 192 + 576 + 512
+    with pytest.raises(SystemExit):
+        main(["--transform", "zca", "--shapes", "8x12"])
