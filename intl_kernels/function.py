@@ -19,6 +19,7 @@ from intl_kernels.backends import torch_ops
 from intl_kernels.backends.base import Backend, EagerBackend
 from intl_kernels.backends.staged import whitening_core
 from intl_kernels.dispatch import resolve_backend
+from intl_kernels.scaling import rescale, unscale
 from intl_kernels.transforms import IterNormTransform, PowerTransform, Transformation
 from intl_kernels.validation import (
     check_float_tensor,
@@ -125,13 +126,16 @@ def transform_groups(
         raise ValueError(f"groups must be 3-D (groups, dims, samples), got shape {tuple(a.shape)}")
     check_nonnegative_real(eps, "eps")
     check_groups(a)
-    eps = float(eps)
+    a, rescaling = rescale(a, float(eps))
+    eps = float(eps) if rescaling is None else rescaling.eps
     chosen = resolve_backend(backend, a.device, a.dtype, transform)
     if isinstance(chosen, EagerBackend):
         mean = a.detach().mean(-1, keepdim=True)
         check_trace((a.detach() - mean).square().sum((-2, -1)) / (a.shape[-1] - ddof), mean, a.dtype, eps)
-        return chosen.run(a, transform, eps, ddof), mean, None
-    return WhiteningFunction.apply(a, transform, eps, ddof, chosen, recompute)
+        out, w = chosen.run(a, transform, eps, ddof), None
+    else:
+        out, mean, w = WhiteningFunction.apply(a, transform, eps, ddof, chosen, recompute)
+    return unscale(out, mean, w, rescaling, transform.scale_exponent)
 
 
 def _batch_as_groups(x: Tensor, axis: int) -> Tensor:

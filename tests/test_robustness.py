@@ -1,0 +1,92 @@
+"""Extreme inputs and settings (issue #16, items 8-10): magnitudes far from 1, many iterations,
+compilation and the environment's backend choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intl_kernels import iternorm, power_whitening
+from intl_kernels.reference import power_groups_reference, whiten_groups_reference
+from tests.conftest import STAGED_BACKENDS, assert_close
+
+ITERNORM_BACKENDS = [*STAGED_BACKENDS, "reference"]
+
+
+def _float64_iternorm(x: torch.Tensor, axis: int, eps: float) -> torch.Tensor:
+    a = x.double().unsqueeze(0) if axis == 0 else x.double().mT.unsqueeze(0)
+    out = whiten_groups_reference(a, 4, eps, 1)[0]
+    return out if axis == 0 else out.mT
+
+
+def _output_and_gradient(fn, x: torch.Tensor, cotangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = x.clone().requires_grad_(True)
+    out = fn(leaf)
+    return out, torch.autograd.grad(out, leaf, cotangent.to(out.dtype))[0]
+
+
+@pytest.mark.parametrize("backend", ITERNORM_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize(
+    ("scale", "dtype", "rtol"),
+    [
+        (1e20, torch.float32, 1e-4),
+        (1e-30, torch.float32, 1e-4),
+        (1e30, torch.bfloat16, 2e-2),
+        (1e150, torch.float64, 1e-10),
+    ],
+)
+def test_eps0_is_scale_invariant_at_extreme_magnitudes(backend, axis, scale, dtype, rtol):
+    # With eps = 0 the whitening of c x equals that of x, and its gradient is 1/c times x's: the
+    # float64 reference of the unit-scale batch is the exact answer for any finite c.
+    unit = torch.randn(12, 8, dtype=torch.float64)
+    x = (unit * scale).to(dtype)
+    unit = x.double() / scale  # what x holds, at unit scale
+    cotangent = torch.randn(12, 8, dtype=torch.float64)
+    out, grad = _output_and_gradient(lambda t: iternorm(t, axis, backend=backend), x, cotangent)
+    ref_out, ref_grad = _output_and_gradient(lambda t: _float64_iternorm(t, axis, 0.0), unit, cotangent)
+    assert_close(out, ref_out, rtol)
+    assert_close(grad.double() * scale, ref_grad, rtol)
+
+
+@pytest.mark.parametrize("backend", ITERNORM_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_eps_is_honoured_exactly_when_huge_inputs_are_rescaled(backend, axis):
+    # Not scale-invariant: the rescaled whitening must use eps / c^2, compared here with float64,
+    # where the unscaled covariance (~1e40) is representable. eps is chosen to matter (~1% of the trace).
+    x = torch.randn(12, 8) * 1e20
+    eps = 1e38
+    cotangent = torch.randn(12, 8, dtype=torch.float64)
+    out, grad = _output_and_gradient(lambda t: iternorm(t, axis, eps=eps, backend=backend), x, cotangent)
+    ref_out, ref_grad = _output_and_gradient(lambda t: _float64_iternorm(t, axis, eps), x.double(), cotangent)
+    assert_close(out, ref_out, 1e-4)
+    assert_close(grad, ref_grad, 1e-4)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_power_whitening_at_extreme_magnitudes(p, scale):
+    # out(c x) = c^(1 - 2p) out(x): the rescaling restores the factor (not 1 unless p = 1/2).
+    unit = torch.randn(12, 8, dtype=torch.float64)
+    x = (unit * scale).float()
+    out = power_whitening(x, p, axis=1, backend="torch")
+    ref = power_groups_reference((x.double() / scale).mT.unsqueeze(0), p, 0.0, 1)[0].mT * scale ** (1 - 2 * p)
+    assert_close(out, ref, 1e-4)
+
+
+@pytest.mark.parametrize("backend", ITERNORM_BACKENDS)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_input_is_rejected(backend, bad):
+    x = torch.randn(6, 8)
+    x[2, 3] = bad
+    with pytest.raises(ValueError, match="inf or NaN"):
+        iternorm(x, backend=backend)
+
+
+def test_groups_in_the_safe_range_are_untouched():
+    from intl_kernels.scaling import rescale
+
+    a = torch.randn(2, 6, 8)
+    assert rescale(a, 0.0)[0] is a
+    assert rescale(a * 1e10, 1e-5)[1] is not None
+    assert rescale(a * 1e-10, 1e-5)[1] is None  # eps keeps the trace positive: nothing to fix
