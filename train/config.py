@@ -33,7 +33,10 @@ class Config:
     stem: str = "cifar"  # "cifar" (3x3 stride-1 conv, no max-pool) | "imagenet"
     projector: list[int] = field(default_factory=lambda: [2048, 2048, 2048])
     # Method
-    method: str = "intl"  # "intl" | "intl_m"
+    method: str = "intl"  # a name in train.methods.METHODS
+    # The method's own settings, checked by the method (train/methods.py): YAML `options: {p: 0.25}`,
+    # command line `--options.p 0.25`; written to config.yaml with the method's defaults filled in.
+    options: dict[str, Any] = field(default_factory=dict)
     axis: int = 0
     iterations: int = 4
     beta: float | None = None  # None: intl_trade_off(axis, batch_size, embedding size)
@@ -81,13 +84,21 @@ def field_names() -> list[str]:
 
 def _convert(name: str, value: Any) -> Any:
     """Coerce a YAML or command-line value to the type of field `name`."""
-    hint = typing.get_type_hints(Config)[name]
+    return convert_value(name, typing.get_type_hints(Config)[name], value)
+
+
+def convert_value(name: str, hint: Any, value: Any) -> Any:
+    """Coerce a YAML or command-line value to the type `hint` (of the setting `name`, for errors)."""
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if type(None) in typing.get_args(hint):
             return None
         raise ValueError(f"config key {name!r} cannot be None")
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     base = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    if typing.get_origin(base) is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {name!r} needs a mapping, got {value!r}")
+        return dict(value)
     if typing.get_origin(base) is list:
         items = value.split(",") if isinstance(value, str) else list(value)
         return [int(v) for v in items]
@@ -109,6 +120,9 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> None:
     valid = field_names()
     for key, value in values.items():
         key = key.replace("-", "_")
+        if key.startswith("options."):  # one method option; the method converts and checks it
+            config.options = {**config.options, key[len("options.") :]: value}
+            continue
         if key not in valid:
             raise ValueError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(valid)}")
         setattr(config, key, _convert(key, value))
@@ -165,7 +179,6 @@ def validate(config: Config) -> None:
         "augment": ("cifar", "imagenet", "multicrop"),
         "backbone": ("resnet18", "resnet50"),
         "stem": ("cifar", "imagenet"),
-        "method": ("intl", "intl_m"),
         "optimizer": ("sgd", "lars"),
         "device": ("auto", "cpu", "cuda"),
     }
@@ -182,6 +195,9 @@ def validate(config: Config) -> None:
         raise ValueError("dataset 'imagefolder' needs --data DIR_OR_TAR")
     if not config.projector:
         raise ValueError("projector needs at least one layer size")
+    from train.methods import resolve_options  # the methods import this module
+
+    config.options = resolve_options(config)
 
 
 def save_config(config: Config, path: Path) -> None:

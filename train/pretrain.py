@@ -29,7 +29,7 @@ from train.distributed import Runtime, init_runtime, synchronise_batch_norm
 from train.eval_knn import features_of
 from train.evaluate import Source
 from train.knn import knn_accuracy
-from train.methods import INTL, build_method
+from train.methods import LossOutput, Method, build_method
 from train.monitor import CollapseError, Metrics, Progress, drop_rows_after
 from train.optim import build_optimizer, learning_rate, set_learning_rate
 from train.spectrum import plot_spectra, spectrum_entry
@@ -40,17 +40,18 @@ CHECKPOINT = "last.pt"
 class Pretrainer(nn.Module):
     """The method plus an online linear probe on detached backbone features (one DDP module)."""
 
-    def __init__(self, method: INTL, num_classes: int) -> None:
+    def __init__(self, method: Method, num_classes: int) -> None:
         super().__init__()
         self.method = method
         self.probe = nn.Linear(method.features, num_classes)
 
-    def forward(self, views: list[Tensor], labels: Tensor, step: int, total: int) -> dict[str, Tensor]:
+    def forward(
+        self, views: list[Tensor], labels: Tensor, step: int, total: int
+    ) -> tuple[LossOutput, Tensor, Tensor]:
+        """The method's output, the probe's loss and its count of correct predictions."""
         out = self.method.loss(views, step, total)
-        logits = self.probe(out["features"].detach().float())
-        out["probe_loss"] = F.cross_entropy(logits, labels)
-        out["probe_correct"] = (logits.argmax(1) == labels).sum()
-        return out
+        logits = self.probe(out.features.detach().float())
+        return out, F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
 
 
 def find_output_dir(config: Config) -> Path:
@@ -181,11 +182,11 @@ def train(config: Config) -> dict[str, Any]:
             lr = learning_rate(config, step, steps_per_epoch)
             set_learning_rate(optimizer, lr)
             with autocast:
-                out = network(views, labels, step, total_steps)
-            loss = out["loss"] + out["probe_loss"]
-            if not torch.isfinite(out["loss"]):
+                out, probe_loss, correct = network(views, labels, step, total_steps)
+            loss = out.loss + probe_loss
+            if not torch.isfinite(out.loss):
                 raise CollapseError(
-                    f"the loss became {out['loss'].item()} at step {step}; stopping. The last good "
+                    f"the loss became {out.loss.item()} at step {step}; stopping. The last good "
                     f"checkpoint is {checkpoint_path}"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -193,14 +194,13 @@ def train(config: Config) -> dict[str, Any]:
             optimizer.step()
             extra = model.method.after_step(step, total_steps)
             step += 1
-            probe_correct += int(out["probe_correct"])
+            probe_correct += int(correct)
             probe_seen += len(labels)
             last_out = out
             elapsed = time.time() - tick
             values = {
-                "loss": out["loss"].item(),
-                "alignment": out["alignment"].item(),
-                "trace": out["trace"].item(),
+                "loss": out.loss.item(),
+                "terms": {name: term.item() for name, term in out.terms.items()},
                 "lr": lr,
                 "img_per_s": len(labels) * runtime.world_size / max(elapsed, 1e-9),
                 "data_wait": data_wait,
@@ -223,7 +223,7 @@ def train(config: Config) -> dict[str, Any]:
             finished_epoch = math.ceil(step / steps_per_epoch)
             if last_out is not None and config.spectrum_every and finished_epoch % config.spectrum_every == 0:
                 entry = spectrum_entry(
-                    finished_epoch, last_out["embedding"], last_out["whitened"], config.axis
+                    finished_epoch, last_out.embedding, last_out.transformed, model.method.transform_axis
                 )
                 history["spectrum"].append(entry)
                 metrics.log(
@@ -232,8 +232,8 @@ def train(config: Config) -> dict[str, Any]:
                     {
                         "epoch": finished_epoch,
                         "effective_rank_embedding": entry["rank_before"],
-                        "effective_rank_whitened": entry["rank_after"],
-                        "trace_loss_whitened": entry["trace_loss"],
+                        "effective_rank_transformed": entry["rank_after"],
+                        "trace_loss_transformed": entry["trace_loss"],
                         "probe_train_top1": 100.0 * probe_correct / max(probe_seen, 1),
                     },
                 )
