@@ -414,7 +414,7 @@ def run_study(
     ]
     if epochs is not None:
         base += ["--epochs", str(epochs)]
-    start = time.time()
+    start, revision = time.time(), commit()  # the code the runs start from
     records = []
     for spec in runs:
         folder = out / "runs" / spec.name
@@ -441,7 +441,7 @@ def run_study(
         "kind": study.get("kind", "pretrain"),
         "description": study.get("description", ""),
         "command": command or f"python -m train.study {name}",
-        "commit": commit(),
+        "commit": revision,
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "time_s": round(sum(r["time_s"] or 0 for r in records), 1),
