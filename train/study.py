@@ -199,9 +199,9 @@ def run_pretrain(spec: RunSpec, base: list[str], out: Path, fraction: float) -> 
     return record
 
 
-def untrained_knn(base: list[str], settings: dict[str, Any]) -> float:
-    """k-NN top-1 of the randomly initialised backbone (seed 0): the floor every run starts from."""
-    config = load_config([*base, *_argv(settings)])
+def untrained_knn(base: list[str]) -> float:
+    """k-NN top-1 of the randomly initialised backbone (the study's seed): the floor every run starts from."""
+    config = load_config(base)
     torch.manual_seed(config.seed)
     network, features = backbone(config.backbone, config.stem)
     return pretrain.evaluate_knn(network, features, config, Runtime(0, 1, torch.device("cpu")))
@@ -449,8 +449,11 @@ def run_study(
         "collapse_rule": collapse_rule(fraction),
         "runs": records,
     }
-    if study.get("kind", "pretrain") == "pretrain" and study.get("untrained_knn", True):
-        summary["untrained_knn_top1"] = untrained_knn(base, {})
+    if summary["kind"] == "pretrain":
+        floor = out / "untrained.json"  # measured once per study folder
+        if not floor.is_file():
+            floor.write_text(json.dumps({"knn_top1": untrained_knn(base)}) + "\n")
+        summary["untrained_knn_top1"] = json.loads(floor.read_text())["knn_top1"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "study.md").write_text(markdown(summary))
