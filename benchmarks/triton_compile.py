@@ -42,6 +42,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 
 from intl_kernels.backends.triton import backend, config  # noqa: E402
+from intl_kernels.transforms import IterNormTransform  # noqa: E402
 
 # The largest shared memory one block may use (opt-in), bytes, per compute capability major.
 SHARED_LIMIT = {8: 163 * 1024, 9: 227 * 1024}
@@ -166,8 +167,9 @@ def exercise(arch: int) -> None:
                 for shape in SHAPES:
                     a = _inputs(shape, dtype)
                     for iterations, keep in ((4, True), (4, False), (0, True)):
-                        out, _, _, saved = backend.BACKEND.forward(a, iterations, 0.1, 1, keep)
-                        backend.BACKEND.backward(saved, torch.randn_like(out), iterations, 1, not keep)
+                        transform = IterNormTransform(iterations)
+                        out, _, _, saved = backend.BACKEND.forward(a, transform, 0.1, 1, keep)
+                        backend.BACKEND.backward(saved, torch.randn_like(out), transform, 0.1, 1, not keep)
 
 
 def compile_all(arches: list[int]) -> list[dict]:

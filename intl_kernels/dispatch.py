@@ -1,8 +1,10 @@
-"""The backend registry: name -> `Backend` (a forward and a backward pass), and what `"auto"` picks.
+"""Which backend runs a transformation: names, what "auto" picks, and the reasons a backend cannot.
 
-Python backends are assembled from stages (`backends.staged`); the compiled ones run each pass as
-one operator. `"reference"` is not a registered backend: it runs the eager official math with
-autograd (see `reference.py`).
+Backends register themselves (`backends.registry`): each says which transformations it implements,
+where it runs, and its rank in "auto"'s choice per device type. A choice is resolved once per
+(name, INTL_BACKEND, device type, dtype, transformation kind) and then served from a cache, so a
+call costs one dictionary lookup; `clear_resolution_cache` forgets (for tests that change what
+can run).
 """
 
 from __future__ import annotations
@@ -11,55 +13,38 @@ import os
 
 import torch
 
-from intl_kernels.backends import cpp, torch_ops
-from intl_kernels.backends.base import Backend
-from intl_kernels.backends.staged import Stages, staged_backend
-from intl_kernels.backends.triton import backend as triton_backend
+from intl_kernels.backends.base import BackendInfo
+from intl_kernels.backends.registry import registered
+from intl_kernels.transforms import IterNormTransform, Transformation
 
 REFERENCE = "reference"
-BACKEND_NAMES = (REFERENCE, "torch", "cpp", "cuda", "triton")
+BACKEND_NAMES = tuple(registered())
 ENV_VARIABLE = "INTL_BACKEND"
 
-# Fastest first, per device type: on CPU the compiled operators (benchmarks/results/*-cpu-*.json);
-# on CUDA the Triton kernels, then the compiled CUDA operators (no GPU measurement yet decides
-# between them: see README, Performance).
-_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
-_AUTO_FALLBACK = ("torch",)
+
+def _kind(transform: Transformation | str) -> str:
+    return transform if isinstance(transform, str) else transform.kind
 
 
-def _always_usable(device: torch.device, dtype: torch.dtype) -> str | None:
-    return None
-
-
-_TORCH_STAGES = Stages(
-    gram=torch_ops.gram,
-    newton=torch_ops.newton,
-    whiten=torch_ops.whiten,
-    whiten_backward=torch_ops.whiten_backward,
-    newton_backward=torch_ops.newton_backward,
-    gram_backward=torch_ops.gram_backward,
-)
-
-_REGISTRY: dict[str, Backend] = {
-    "torch": staged_backend("torch", _TORCH_STAGES, _always_usable),
-    "cpp": cpp.CPP,
-    "cuda": cpp.CUDA,
-    "triton": triton_backend.BACKEND,
-}
-
-
-def _unusable_reason(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    if name == REFERENCE:
-        return None
-    if name not in _REGISTRY:
+def _unusable_reason(name: str, device: torch.device, dtype: torch.dtype, kind: str) -> str | None:
+    backend = registered().get(name)
+    if backend is None:
         return f"the {name!r} backend is not part of this build of intl_kernels"
-    return _REGISTRY[name].unusable_reason(device, dtype)
+    if kind not in backend.transforms:
+        implemented = ", ".join(sorted(backend.transforms))
+        return f"it does not implement the {kind!r} transformation (only {implemented})"
+    return backend.unusable_reason(device, dtype)
 
 
-def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
-    """Names of the backends that can whiten a tensor of this device and dtype here."""
-    device = torch.device(device)
-    return [name for name in BACKEND_NAMES if _unusable_reason(name, device, dtype) is None]
+def available_backends(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    transform: Transformation | str = IterNormTransform.kind,
+) -> list[str]:
+    """Names of the backends that can run `transform` (an instance or a kind such as "power") on a
+    tensor of this device and dtype here."""
+    device, kind = torch.device(device), _kind(transform)
+    return [name for name in BACKEND_NAMES if _unusable_reason(name, device, dtype, kind) is None]
 
 
 def check_backend_name(name: str) -> None:
@@ -68,20 +53,56 @@ def check_backend_name(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}: choose 'auto' or one of {', '.join(BACKEND_NAMES)}")
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend | None:
-    """The backend to run for `name` ("auto" or one of BACKEND_NAMES); None means the reference.
+def _auto_order(device_type: str) -> list[str]:
+    """The backends "auto" tries on this device type, fastest first (their registered ranks)."""
+    ranked = []
+    for name, backend in registered().items():
+        rank = backend.auto_rank.get(device_type, backend.auto_rank.get("*"))
+        if rank is not None:
+            ranked.append((rank, name))
+    return [name for _, name in sorted(ranked)]
+
+
+_RESOLVED: dict[tuple, BackendInfo] = {}
+
+
+def clear_resolution_cache() -> None:
+    """Forget every resolved choice (after something changed what can run)."""
+    _RESOLVED.clear()
+
+
+def resolve_backend(
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    transform: Transformation | str = IterNormTransform.kind,
+) -> BackendInfo:
+    """The backend to run `transform` for `name` ("auto" or one of BACKEND_NAMES).
 
     `"auto"` honours the INTL_BACKEND environment variable, then takes the fastest usable backend
-    for the device; it never fails for lack of a compiled extension. A backend asked for by name
-    that cannot run raises a RuntimeError that says why.
+    for the device that implements the transformation; it never fails for lack of a compiled
+    extension. A backend asked for by name that cannot run raises a RuntimeError that says why.
     """
+    kind = _kind(transform)
+    environment = os.environ.get(ENV_VARIABLE, "")
+    key = (name, environment, device.type, dtype, kind)
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _resolve(name, environment, device, dtype, kind)
+        _RESOLVED[key] = chosen
+    return chosen
+
+
+def _resolve(name: str, environment: str, device: torch.device, dtype: torch.dtype, kind: str) -> BackendInfo:
     if name == "auto":
-        name = os.environ.get(ENV_VARIABLE, "auto") or "auto"
+        name = environment or "auto"
         if name == "auto":
-            order = _AUTO_ORDER.get(device.type, _AUTO_FALLBACK)
-            name = next(n for n in order if _unusable_reason(n, device, dtype) is None)
+            usable = (n for n in _auto_order(device.type) if _unusable_reason(n, device, dtype, kind) is None)
+            name = next(usable, None)
+            if name is None:
+                raise RuntimeError(f"no backend implements the {kind!r} transformation on {device} {dtype}")
     check_backend_name(name)
-    reason = _unusable_reason(name, device, dtype)
+    reason = _unusable_reason(name, device, dtype, kind)
     if reason is not None:
         raise RuntimeError(f"backend {name!r} cannot run on {device} {dtype}: {reason}")
-    return None if name == REFERENCE else _REGISTRY[name]
+    return registered()[name]

@@ -1,9 +1,10 @@
-"""The one autograd function of the whitening, its input checks and its functional form.
+"""The one autograd function of the whitening, its input checks and the functional forms.
 
-Flow: validate once -> pick a backend -> `mean, K = gram(a)` -> `tr = trace(K) + eps * p`,
-`Sn = (K + eps I) / tr` -> `P_T = newton(Sn, T)` -> `out = whiten(a, mean, P_T / sqrt(tr))`.
-The backward runs the same stages in reverse with the same backend. Every tensor here is a stack
-of groups `a` of shape (g, p, q): p whitened dimensions, each centred over its q samples.
+Flow: validate once -> pick a backend for the transformation -> `mean, K = gram(a)` ->
+`tr = trace(K) + eps * p`, `Sn = (K + eps I) / tr` -> `W = tr^(-s) h(Sn)` -> `out = whiten(a, mean, W)`
+(`backends.staged`). The backward runs the same stages in reverse with the same backend. Every
+tensor here is a stack of groups `a` of shape (g, p, q): p whitened dimensions, each centred over
+its q samples.
 """
 
 from __future__ import annotations
@@ -15,33 +16,52 @@ import torch
 from torch import Tensor
 
 from intl_kernels.backends import torch_ops
-from intl_kernels.backends.base import Backend
-from intl_kernels.backends.staged import newton_whitening
+from intl_kernels.backends.base import Backend, EagerBackend
+from intl_kernels.backends.staged import whitening_core
 from intl_kernels.dispatch import resolve_backend
-from intl_kernels.reference import whiten_groups_reference
-from intl_kernels.validation import check_float_tensor, check_groups, check_settings, check_trace
+from intl_kernels.transforms import IterNormTransform, PowerTransform, Transformation
+from intl_kernels.validation import (
+    check_float_tensor,
+    check_groups,
+    check_nonnegative_real,
+    check_settings,
+    check_trace,
+)
 
-__all__ = ["IterNormFunction", "iternorm", "whiten_groups", "whitening_matrix"]
+__all__ = [
+    "WhiteningFunction",
+    "iternorm",
+    "power_whitening",
+    "transform_groups",
+    "whiten_groups",
+    "whitening_matrix",
+]
 
 
-class IterNormFunction(torch.autograd.Function):
+class WhiteningFunction(torch.autograd.Function):
     """Whitening of groups (g, p, q) through one backend's passes, with a hand-derived backward.
 
     Returns (out, mean, w): `out` in the input's dtype; `mean` (g, p, 1) and the whitening matrix
-    `w = P_T / sqrt(tr)` (g, n, n) in the smaller space n = min(p, q) are not differentiable.
+    `w = tr^(-s) h(Sn)` (g, n, n) in the smaller space n = min(p, q) are not differentiable.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, a: Tensor, iterations: int, eps: float, ddof: int, backend: Backend, recompute: bool
+        ctx: Any,
+        a: Tensor,
+        transform: Transformation,
+        eps: float,
+        ddof: int,
+        backend: Backend,
+        recompute: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         with _without_autocast(a.device.type):
-            out, mean, w, saved = backend.forward(a, iterations, eps, ddof, not recompute)
+            out, mean, w, saved = backend.forward(a, transform, eps, ddof, not recompute)
         ctx.mark_non_differentiable(mean, w)
         # Only `out` carries gradients: no zero tensors for the other two in backward.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*saved)
-        ctx.settings = (iterations, ddof, backend, recompute, a.dtype)
+        ctx.settings = (transform, eps, ddof, backend, recompute, a.dtype)
         # Not a no-op `out.to(a.dtype)`: under torch.compile in torch 2.11 (not 2.14) a Function
         # output that is such an alias got a backward traced once with zero gradients, and
         # compiled models silently learned nothing through this layer.
@@ -56,11 +76,11 @@ class IterNormFunction(torch.autograd.Function):
                 "the whitening's backward cannot be differentiated again (create_graph=True); "
                 "use backend='reference' for higher-order gradients"
             )
-        iterations, ddof, backend, recompute, dtype = ctx.settings
+        transform, eps, ddof, backend, recompute, dtype = ctx.settings
         if grad_out is None:  # the graph reached only `mean` or `w`, which carry no gradient
             return None, None, None, None, None, None
         with _without_autocast(grad_out.device.type):
-            grad_a = backend.backward(ctx.saved_tensors, grad_out, iterations, ddof, recompute)
+            grad_a = backend.backward(ctx.saved_tensors, grad_out, transform, eps, ddof, recompute)
         return grad_a.to(dtype), None, None, None, None, None
 
 
@@ -83,22 +103,54 @@ def whiten_groups(
     backend: str = "auto",
     recompute: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """IterNorm whitening of groups `a` (g, p, q): `transform_groups` with T Newton-Schulz steps."""
+    check_settings(iterations, eps)
+    return transform_groups(a, IterNormTransform(iterations), eps, ddof, backend, recompute)
+
+
+def transform_groups(
+    a: Tensor,
+    transform: Transformation,
+    eps: float,
+    ddof: int,
+    backend: str = "auto",
+    recompute: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Validate, dispatch and whiten groups `a` (g, p, q); returns (out, mean, w) as the Function.
 
-    With the reference backend, `w` is None (the eager official math does not expose it).
+    With an eager backend (the reference), `w` is None (its math does not expose it).
     """
     check_float_tensor(a, "input")
     if a.dim() != 3:
         raise ValueError(f"groups must be 3-D (groups, dims, samples), got shape {tuple(a.shape)}")
-    check_settings(iterations, eps)
+    check_nonnegative_real(eps, "eps")
     check_groups(a)
-    iterations, eps = int(iterations), float(eps)
-    chosen = resolve_backend(backend, a.device, a.dtype)
-    if chosen is None:
+    eps = float(eps)
+    chosen = resolve_backend(backend, a.device, a.dtype, transform)
+    if isinstance(chosen, EagerBackend):
         mean = a.detach().mean(-1, keepdim=True)
         check_trace((a.detach() - mean).square().sum((-2, -1)) / (a.shape[-1] - ddof), mean, a.dtype, eps)
-        return whiten_groups_reference(a, iterations, eps, ddof), mean, None
-    return IterNormFunction.apply(a, iterations, eps, ddof, chosen, recompute)
+        return chosen.run(a, transform, eps, ddof), mean, None
+    return WhiteningFunction.apply(a, transform, eps, ddof, chosen, recompute)
+
+
+def _batch_as_groups(x: Tensor, axis: int) -> Tensor:
+    """The (1, p, q) group of an (N, D) batch for `axis`, after the checks every batch function shares."""
+    check_float_tensor(x, "x")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (N samples, D features), got shape {tuple(x.shape)}")
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+    if min(x.shape) < 2:
+        raise ValueError(
+            f"INTL whitening needs at least 2 samples and 2 features, got shape {tuple(x.shape)}"
+        )
+    return x.unsqueeze(0) if axis == 0 else x.mT.unsqueeze(0)
+
+
+def _groups_as_batch(out: Tensor, axis: int) -> Tensor:
+    out = out.squeeze(0)
+    return out if axis == 0 else out.mT
 
 
 def iternorm(
@@ -123,23 +175,41 @@ def iternorm(
     Returns:
         The whitened batch, same shape and dtype as `x`.
     """
-    check_float_tensor(x, "x")
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D (N samples, D features), got shape {tuple(x.shape)}")
-    if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
-    if min(x.shape) < 2:
-        raise ValueError(
-            f"INTL whitening needs at least 2 samples and 2 features, got shape {tuple(x.shape)}"
-        )
-    a = x.unsqueeze(0) if axis == 0 else x.mT.unsqueeze(0)
-    out = whiten_groups(a, iterations, eps, 1, backend, recompute)[0].squeeze(0)
-    return out if axis == 0 else out.mT
+    a = _batch_as_groups(x, axis)
+    return _groups_as_batch(whiten_groups(a, iterations, eps, 1, backend, recompute)[0], axis)
+
+
+def power_whitening(
+    x: Tensor, p: float = 0.5, axis: int = 0, eps: float = 0.0, backend: str = "auto"
+) -> Tensor:
+    """Power-function whitening of an (N, D) batch: `U diag(λ^-p) U^T` applied as `iternorm` applies
+    its matrix (`S = cov + eps I = U diag(λ) U^T`, same centring and axes).
+
+    p = 0.5 is ZCA whitening, p = 0 returns the centred batch; 0 < p < 0.5 whitens partially.
+    With eps = 0, null eigenvalues of a singular covariance (at or below
+    `transforms.null_threshold`) are left out (pseudo-inverse): the result is finite for every
+    finite input. Computed from an eigendecomposition of the smaller min(N, D) Gram matrix, with a
+    hand-derived backward that is exact for repeated eigenvalues.
+
+    Args:
+        x: (N, D) embeddings, any floating dtype (Gram matrix in fp32, or fp64 for fp64 input; the
+            small eigendecomposition in `backends.eigen.EIGH_DTYPE`).
+        p: the power, a finite real >= 0.
+        axis: 0 whitens the N x N covariance over samples, 1 the D x D covariance over features.
+        eps: added to the covariance diagonal.
+        backend: "auto" or a name from `available_backends(transform="power")`.
+
+    Returns:
+        The whitened batch, same shape and dtype as `x`.
+    """
+    a = _batch_as_groups(x, axis)
+    check_nonnegative_real(p, "p")
+    return _groups_as_batch(transform_groups(a, PowerTransform(p), eps, 1, backend)[0], axis)
 
 
 @torch.no_grad()
 def whitening_matrix(a: Tensor, iterations: int, eps: float, ddof: int) -> Tensor:
-    """The (g, p, p) whitening matrix P_T / sqrt(tr) in the original space, without gradient.
+    """The (g, p, p) IterNorm whitening matrix P_T / sqrt(tr) in the original space, without gradient.
 
     The Function works in the smaller space; this is for callers that need the full-space matrix
     when p > q (the IterNorm layer's running statistics).
@@ -148,4 +218,5 @@ def whitening_matrix(a: Tensor, iterations: int, eps: float, ddof: int) -> Tenso
     mean = ac.mean(-1, keepdim=True)
     ac = ac - mean
     k = (ac @ ac.mT).div_(a.shape[-1] - ddof)
-    return newton_whitening(k, mean, a.dtype, iterations, eps, torch_ops.newton, keep_iterates=False)[2]
+    newton = torch_ops.MATRIX_FUNCTIONS[IterNormTransform.kind]
+    return whitening_core(k, mean, a.dtype, IterNormTransform(iterations), eps, newton, keep=False)[2]

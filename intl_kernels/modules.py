@@ -1,16 +1,33 @@
-"""nn.Modules over the whitening function: the INTL `FusedIterNorm` and the IterNorm layer."""
+"""nn.Modules over the whitening functions: the INTL `FusedIterNorm`, the spectral-transformation
+instances `PowerWhitening` and `CholeskyWhitening` beside them, and the IterNorm layer."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from intl_kernels.cholesky import cholesky_whitening
 from intl_kernels.dispatch import check_backend_name
 from intl_kernels.distributed import check_gather_argument, gather_batch, should_gather
-from intl_kernels.function import iternorm, whiten_groups, whitening_matrix
-from intl_kernels.validation import check_float_tensor, check_same_device, check_settings
+from intl_kernels.function import iternorm, power_whitening, whiten_groups, whitening_matrix
+from intl_kernels.validation import (
+    check_float_tensor,
+    check_nonnegative_real,
+    check_same_device,
+    check_settings,
+)
 
-__all__ = ["FusedIterNorm", "IterNorm"]
+__all__ = ["CholeskyWhitening", "FusedIterNorm", "IterNorm", "PowerWhitening"]
+
+
+def _check_axis(axis: int) -> None:
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+
+
+def _global_batch(x: Tensor, gather: bool | str) -> Tensor:
+    """`x`, or the batch all-gathered from every rank (see FusedIterNorm for the gradients)."""
+    return gather_batch(x)[0] if should_gather(gather) else x
 
 
 class FusedIterNorm(nn.Module):
@@ -33,8 +50,7 @@ class FusedIterNorm(nn.Module):
         recompute: bool = False,
     ) -> None:
         super().__init__()
-        if axis not in (0, 1):
-            raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+        _check_axis(axis)
         check_settings(iterations, eps)
         check_backend_name(backend)
         check_gather_argument(gather)
@@ -46,12 +62,57 @@ class FusedIterNorm(nn.Module):
         self.recompute = recompute
 
     def forward(self, x: Tensor) -> Tensor:
-        if should_gather(self.gather):
-            x = gather_batch(x)[0]
+        x = _global_batch(x, self.gather)
         return iternorm(x, self.axis, self.iterations, self.eps, self.backend, self.recompute)
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, iterations={self.iterations}, eps={self.eps}, backend={self.backend!r}"
+
+
+class PowerWhitening(nn.Module):
+    """Power-function whitening `U diag(λ^-p) U^T` of an (N, D) batch (see `power_whitening`): the
+    spectral-transformation instance beside `FusedIterNorm`, with the same axis, eps and gather
+    conventions (p = 0.5 is ZCA whitening)."""
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        axis: int = 0,
+        eps: float = 0.0,
+        backend: str = "auto",
+        gather: bool | str = "auto",
+    ) -> None:
+        super().__init__()
+        check_nonnegative_real(p, "p")
+        _check_axis(axis)
+        check_nonnegative_real(eps, "eps")
+        check_backend_name(backend)
+        check_gather_argument(gather)
+        self.p, self.axis, self.eps, self.backend, self.gather = p, axis, eps, backend, gather
+
+    def forward(self, x: Tensor) -> Tensor:
+        return power_whitening(_global_batch(x, self.gather), self.p, self.axis, self.eps, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, axis={self.axis}, eps={self.eps}, backend={self.backend!r}"
+
+
+class CholeskyWhitening(nn.Module):
+    """W-MSE's Cholesky whitening of an (N, D) batch (see `cholesky_whitening`), gathering the
+    global batch in a distributed run as `FusedIterNorm` does."""
+
+    def __init__(self, axis: int = 1, eps: float = 0.0, gather: bool | str = "auto") -> None:
+        super().__init__()
+        _check_axis(axis)
+        check_nonnegative_real(eps, "eps")
+        check_gather_argument(gather)
+        self.axis, self.eps, self.gather = axis, eps, gather
+
+    def forward(self, x: Tensor) -> Tensor:
+        return cholesky_whitening(_global_batch(x, self.gather), self.axis, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, eps={self.eps}"
 
 
 def _group_layout(num_features: int, num_groups: int, num_channels: int | None) -> tuple[int, int]:

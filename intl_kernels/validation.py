@@ -33,14 +33,24 @@ def check_same_device(tensors: dict[str, Tensor]) -> None:
 
 def check_settings(iterations: Any, eps: Any) -> None:
     """TypeError/ValueError unless iterations is an int >= 0 and eps a finite real >= 0."""
+    check_iterations(iterations)
+    check_nonnegative_real(eps, "eps")
+
+
+def check_iterations(iterations: Any) -> None:
+    """TypeError/ValueError unless iterations is an int >= 0."""
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    # Comparisons, not math.isfinite: they also trace when torch.compile makes eps symbolic (NaN
-    # and inf fail them as well).
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
-        raise ValueError(f"eps must be a finite real number >= 0, got {eps!r}")
+
+
+def check_nonnegative_real(value: Any, name: str) -> None:
+    """ValueError unless `value` (eps, a power p) is a finite real number >= 0."""
+    # Comparisons, not math.isfinite: they also trace when torch.compile makes the value symbolic
+    # (NaN and inf fail them as well).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
 
 
 def check_groups(a: Tensor) -> None:

@@ -1,6 +1,7 @@
 """The compiled backends "cpp" (CPU) and "cuda" (GPU): each pass of the whitening is one operator of
 the extension `intl_kernels._C` (`torch.ops.intl_kernels.whiten_forward` / `whiten_backward`), with
 fake implementations here so that FakeTensor and torch.compile (dynamic shapes too) trace them.
+The operators implement the IterNorm transformation only (Newton-Schulz is compiled into them).
 
 Without the extension the package still works: these backends are reported unusable, and one
 warning says why.
@@ -14,6 +15,8 @@ import torch
 from torch import Tensor
 
 from intl_kernels.backends.base import Backend
+from intl_kernels.backends.registry import register
+from intl_kernels.transforms import IterNormTransform
 
 
 def _import_extension() -> str | None:
@@ -111,24 +114,51 @@ def cuda_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None
 
 
 def forward(
-    a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool
+    a: Tensor, transform: IterNormTransform, eps: float, ddof: int, keep_iterates: bool
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """The forward operator; saved tensors: (w, source, sn, trace, stacked iterates)."""
-    out, mean, w, *saved = torch.ops.intl_kernels.whiten_forward(a, iterations, eps, ddof, keep_iterates)
+    out, mean, w, *saved = torch.ops.intl_kernels.whiten_forward(
+        a, transform.iterations, eps, ddof, keep_iterates
+    )
     return out, mean, w, (w, *saved)
 
 
 def backward(
-    saved: tuple[Tensor, ...], grad_out: Tensor, iterations: int, ddof: int, recompute: bool
+    saved: tuple[Tensor, ...],
+    grad_out: Tensor,
+    transform: IterNormTransform,
+    eps: float,
+    ddof: int,
+    recompute: bool,
 ) -> Tensor:
     """The backward operator on what `forward` saved."""
     w, source, sn, trace, iterates = saved
     return torch.ops.intl_kernels.whiten_backward(
-        source, sn, trace, w, iterates, grad_out, iterations, ddof, recompute
+        source, sn, trace, w, iterates, grad_out, transform.iterations, ddof, recompute
     )
 
 
-CPP = Backend(name="cpp", forward=forward, backward=backward, unusable_reason=cpp_unusable_reason)
-CUDA = Backend(name="cuda", forward=forward, backward=backward, unusable_reason=cuda_unusable_reason)
+# Fastest on their devices where they run (benchmarks/results/*-cpu-*.json for CPU; on CUDA after
+# the Triton kernels: no GPU measurement decides between them yet, see README, Performance).
+CPP = register(
+    Backend(
+        name="cpp",
+        forward=forward,
+        backward=backward,
+        transforms=frozenset({IterNormTransform.kind}),
+        unusable_reason=cpp_unusable_reason,
+        auto_rank={"cpu": 0},
+    )
+)
+CUDA = register(
+    Backend(
+        name="cuda",
+        forward=forward,
+        backward=backward,
+        transforms=frozenset({IterNormTransform.kind}),
+        unusable_reason=cuda_unusable_reason,
+        auto_rank={"cuda": 1},
+    )
+)
 
 _LOAD_ERROR = _import_extension()

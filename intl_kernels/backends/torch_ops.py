@@ -12,8 +12,16 @@ backward costs 5 per step, using that every iterate is symmetric and commutes wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from intl_kernels.backends import eigen
+from intl_kernels.backends.base import MatrixFunction
+from intl_kernels.backends.registry import register
+from intl_kernels.backends.staged import Stages, staged_backend
+from intl_kernels.transforms import IterNormTransform
 
 NewtonIterates = list[tuple[Tensor, Tensor]]
 """(P_{k-1}, P_{k-1}^3) for k = 2..T: what the backward of Newton-Schulz needs."""
@@ -115,3 +123,48 @@ def gram_backward(source: Tensor, mean: Tensor, grad_k: Tensor, grad_ac: Tensor,
     else:
         grad_ac.baddbmm_(source, grad_k, alpha=scale)
     return grad_ac.sub_(grad_ac.mean(-1, keepdim=True))
+
+
+def newton_matrix_function(newton: Callable, newton_backward: Callable) -> MatrixFunction:
+    """IterNorm's matrix function `P_T` from a backend's Newton-Schulz stages (`newton`,
+    `newton_backward` as here); its saved list is the iterate pairs, flattened."""
+
+    def forward(
+        sn: Tensor, shift: Tensor | None, transform: IterNormTransform, keep: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        p_t, iterates = newton(sn, transform.iterations, keep)
+        return p_t, [t for pair in iterates for t in pair]
+
+    def backward(sn: Tensor, saved: list[Tensor], grad_h: Tensor, transform: IterNormTransform) -> Tensor:
+        iterates = list(zip(saved[0::2], saved[1::2], strict=True))
+        return newton_backward(sn, iterates, grad_h, transform.iterations)
+
+    return MatrixFunction(forward=forward, backward=backward)
+
+
+# The matrix functions of the portable backend, by transformation kind.
+MATRIX_FUNCTIONS = {
+    "iternorm": newton_matrix_function(newton, newton_backward),
+    "power": MatrixFunction(forward=eigen.power_forward, backward=eigen.power_backward),
+}
+
+
+def _always_usable(device: torch.device, dtype: torch.dtype) -> str | None:
+    return None
+
+
+TORCH = register(
+    staged_backend(
+        "torch",
+        Stages(
+            gram=gram,
+            whiten=whiten,
+            whiten_backward=whiten_backward,
+            gram_backward=gram_backward,
+            matrix_functions=MATRIX_FUNCTIONS,
+        ),
+        _always_usable,
+        # Every device type; on CPU and CUDA after the compiled backends (dispatch.py).
+        auto_rank={"cpu": 1, "cuda": 2, "*": 0},
+    )
+)

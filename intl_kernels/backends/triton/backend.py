@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 
 from intl_kernels.backends.base import Backend
+from intl_kernels.backends.registry import register
 from intl_kernels.backends.staged import Stages, staged_backend
-from intl_kernels.backends.torch_ops import NewtonIterates, compute_dtype
+from intl_kernels.backends.torch_ops import NewtonIterates, compute_dtype, newton_matrix_function
+from intl_kernels.transforms import IterNormTransform
 
 _INTERPRETER_VARIABLE = "TRITON_INTERPRET"
 
@@ -97,17 +99,19 @@ def gram_backward(source: Tensor, mean: Tensor, grad_k: Tensor, grad_ac: Tensor,
     return _modules()[1].gram_backward(source, mean, grad_k, grad_ac, ddof, _config(source))
 
 
+# IterNorm only: the compiled-model path below passes its iteration count through the operators'
+# schemas (another transformation would need operators of its own).
 _STAGED = staged_backend(
     "triton",
     Stages(
         gram=gram,
-        newton=newton,
         whiten=whiten,
         whiten_backward=whiten_backward,
-        newton_backward=newton_backward,
         gram_backward=gram_backward,
+        matrix_functions={IterNormTransform.kind: newton_matrix_function(newton, newton_backward)},
     ),
     unusable_reason,
+    auto_rank={},
 )
 
 
@@ -120,7 +124,8 @@ _STAGED = staged_backend(
 # iterates of the one-program Newton kernel) are returned as copies.
 @torch.library.custom_op("intl_kernels_triton::forward", mutates_args=())
 def _forward_op(a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool) -> list[Tensor]:
-    out, mean, w, (_, _, sn, trace, _, *iterates) = _STAGED.forward(a, iterations, eps, ddof, keep_iterates)
+    transform = IterNormTransform(iterations)
+    out, mean, w, (_, _, sn, trace, _, *iterates) = _STAGED.forward(a, transform, eps, ddof, keep_iterates)
     return _unshared([a], [out, mean, w, sn, trace, *iterates])
 
 
@@ -152,7 +157,10 @@ def _backward_op(
     a: Tensor, mean: Tensor, sn: Tensor, trace: Tensor, w: Tensor, iterates: list[Tensor], grad_out: Tensor,
     iterations: int, ddof: int, recompute: bool,
 ) -> Tensor:  # fmt: skip
-    return _STAGED.backward((a, mean, sn, trace, w, *iterates), grad_out, iterations, ddof, recompute)
+    saved = (a, mean, sn, trace, w, *iterates)
+    # eps (not in the schema) matters only to matrix functions that recompute from the shift it
+    # leaves on Sn; Newton-Schulz recomputes from Sn alone.
+    return _STAGED.backward(saved, grad_out, IterNormTransform(iterations), 0.0, ddof, recompute)
 
 
 @_backward_op.register_fake
@@ -176,23 +184,38 @@ def check_index_range(t: Tensor, name: str) -> None:
 
 
 def _forward(
-    a: Tensor, iterations: int, eps: float, ddof: int, keep_iterates: bool
+    a: Tensor, transform: IterNormTransform, eps: float, ddof: int, keep_iterates: bool
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     check_index_range(a, "input")
     if not torch.compiler.is_compiling():
-        return _STAGED.forward(a, iterations, eps, ddof, keep_iterates)
-    out, mean, w, sn, trace, *iterates = _forward_op(a, iterations, eps, ddof, keep_iterates)
+        return _STAGED.forward(a, transform, eps, ddof, keep_iterates)
+    out, mean, w, sn, trace, *iterates = _forward_op(a, transform.iterations, eps, ddof, keep_iterates)
     return out, mean, w, (a, mean, sn, trace, w, *iterates)
 
 
 def _backward(
-    saved: tuple[Tensor, ...], grad_out: Tensor, iterations: int, ddof: int, recompute: bool
+    saved: tuple[Tensor, ...],
+    grad_out: Tensor,
+    transform: IterNormTransform,
+    eps: float,
+    ddof: int,
+    recompute: bool,
 ) -> Tensor:
     check_index_range(grad_out, "output gradient")
     if not torch.compiler.is_compiling():
-        return _STAGED.backward(saved, grad_out, iterations, ddof, recompute)
+        return _STAGED.backward(saved, grad_out, transform, eps, ddof, recompute)
     a, mean, sn, trace, w, *iterates = saved
-    return _backward_op(a, mean, sn, trace, w, iterates, grad_out, iterations, ddof, recompute)
+    return _backward_op(a, mean, sn, trace, w, iterates, grad_out, transform.iterations, ddof, recompute)
 
 
-BACKEND = Backend("triton", _forward, _backward, unusable_reason)
+# First on CUDA (no GPU measurement yet decides between it and "cuda": README, Performance).
+BACKEND = register(
+    Backend(
+        name="triton",
+        forward=_forward,
+        backward=_backward,
+        transforms=_STAGED.transforms,
+        unusable_reason=unusable_reason,
+        auto_rank={"cuda": 0},
+    )
+)

@@ -1,0 +1,178 @@
+"""Spectral transformations (ST, Weng et al. 2024): what a whitening does to a covariance spectrum.
+
+A whitening of centred groups with covariance `S = cov + eps I = U diag(λ) U^T` is an ST instance
+when its matrix is `Φ = U diag(g(λ)) U^T`; the output covariance then has eigenvalues `λ g(λ)^2`.
+Every instance here is written as `g(λ) = tr^(-s) h(λ / tr)` with `tr = trace(S)`: the core
+normalises `S` by its trace once (shared by every instance, also its gradient), and the
+transformation contributes the exponent `s` and the function `h` of the normalised matrix `Sn`.
+
+A transformation is the math only: which backend computes `h(Sn)` and its gradient, and how, is
+the backend's business (`backends.base.MatrixFunction`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from intl_kernels.validation import check_iterations, check_nonnegative_real
+
+__all__ = [
+    "IterNormTransform",
+    "PowerTransform",
+    "Transformation",
+    "make_transform",
+    "null_threshold",
+    "parse_transform",
+    "spectral_map",
+]
+
+
+class Transformation(ABC):
+    """One ST instance: `g(λ) = tr^(-scale_exponent) h(λ / tr)`."""
+
+    kind: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def scale_exponent(self) -> float:
+        """s in `g(λ) = tr^(-s) h(λ / tr)`."""
+
+    @property
+    @abstractmethod
+    def key(self) -> tuple[str, float]:
+        """(kind, parameter): hashable, made of plain values (a cache key, also under torch.compile)."""
+
+    @abstractmethod
+    def normalised_map(self, u: Tensor) -> Tensor:
+        """`h(u)` on normalised eigenvalues u = λ / tr >= 0 (0 where u is null)."""
+
+    def __str__(self) -> str:
+        return f"{self.key[0]}:{self.key[1]:g}"
+
+
+@dataclass(frozen=True)
+class IterNormTransform(Transformation):
+    """IterNorm with T Newton-Schulz steps: `h = f_T`, `f_0 = 1`, `f_k(u) = 1.5 f_{k-1} - 0.5 u f_{k-1}^3`."""
+
+    iterations: int
+    kind: ClassVar[str] = "iternorm"
+
+    def __post_init__(self) -> None:
+        check_iterations(self.iterations)
+        object.__setattr__(self, "iterations", int(self.iterations))  # numpy integers too
+
+    @property
+    def scale_exponent(self) -> float:
+        return 0.5
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return (self.kind, self.iterations)
+
+    def normalised_map(self, u: Tensor) -> Tensor:
+        f = torch.ones_like(u)
+        for _ in range(self.iterations):
+            f = 1.5 * f - 0.5 * u * f**3
+        return f
+
+
+@dataclass(frozen=True)
+class PowerTransform(Transformation):
+    """The power function `g(λ) = λ^(-p)`, p >= 0: p = 0.5 is ZCA whitening, p = 0 only centres.
+
+    Null eigenvalues (see `null_threshold`) map to 0: pseudo-inverse semantics.
+    """
+
+    p: float
+    kind: ClassVar[str] = "power"
+
+    def __post_init__(self) -> None:
+        check_nonnegative_real(self.p, "p")
+        object.__setattr__(self, "p", float(self.p))
+
+    @property
+    def scale_exponent(self) -> float:
+        return float(self.p)
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return (self.kind, self.p)
+
+    def divided_difference(self, a: Tensor, b: Tensor) -> Tensor:
+        """`(h(a) - h(b)) / (a - b)` for a, b > 0, `h'(a)` where a == b, without cancellation.
+
+        With a >= b and L = log(b / a) <= 0 it is `a^(-p-1) expm1(-p L) / expm1(L)`: both expm1
+        are accurate for tiny L, where the plain quotient loses every digit.
+        """
+        high, low = torch.maximum(a, b), torch.minimum(a, b)
+        log_ratio = low.log() - high.log()
+        ratio = torch.where(
+            log_ratio == 0, -self.p, torch.expm1(-self.p * log_ratio) / torch.expm1(log_ratio)
+        )
+        return high.pow(-self.p - 1) * ratio
+
+    def normalised_map(self, u: Tensor) -> Tensor:
+        positive = u > 0
+        return torch.where(positive, u.clamp_min(torch.finfo(u.dtype).tiny).pow(-self.p), 0.0)
+
+
+def null_threshold(eigenvalues: Tensor, gram_dtype: torch.dtype) -> Tensor:
+    """Eigenvalues (..., n) at or below this (..., 1) are null: n units of rounding of the Gram
+    matrix's dtype, relative to the largest eigenvalue."""
+    n = eigenvalues.shape[-1]
+    return n * torch.finfo(gram_dtype).eps * eigenvalues.amax(-1, keepdim=True).clamp_min(0)
+
+
+_KINDS: dict[str, tuple[type[Transformation], str]] = {
+    IterNormTransform.kind: (IterNormTransform, "iterations"),
+    PowerTransform.kind: (PowerTransform, "p"),
+}
+
+
+def make_transform(kind: str, **params: Any) -> Transformation:
+    """The transformation of `kind` ("iternorm": iterations=T; "power": p=...)."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown spectral transformation {kind!r}: choose one of {', '.join(_KINDS)}")
+    cls, name = _KINDS[kind]
+    if set(params) != {name}:
+        raise TypeError(
+            f"the {kind!r} transformation takes exactly one parameter {name!r}, got {sorted(params)}"
+        )
+    return cls(**params)
+
+
+def parse_transform(spec: str) -> Transformation:
+    """A transformation from "kind:parameter", e.g. "power:0.5" or "iternorm:4"."""
+    kind, _, value = spec.partition(":")
+    if kind not in _KINDS or not value:
+        raise ValueError(f"a transformation is written kind:parameter (iternorm:4, power:0.5), got {spec!r}")
+    cls, name = _KINDS[kind]
+    try:
+        number = int(value) if cls is IterNormTransform else float(value)
+    except ValueError:
+        raise ValueError(f"the parameter of {spec!r} is not a number") from None
+    return cls(**{name: number})
+
+
+def spectral_map(kind: str, eigenvalues: Tensor | Any, **params: Any) -> Tensor:
+    """The output covariance's eigenvalues `λ g(λ)^2` for covariance eigenvalues `λ` (last axis).
+
+    `kind` is "iternorm" (iterations=T) or "power" (p=...); the trace is the sum of the given
+    eigenvalues, as for a covariance whose whole spectrum they are. For analysis and plots.
+    """
+    transform = make_transform(kind, **params)
+    lam = torch.as_tensor(eigenvalues)
+    if not lam.dtype.is_floating_point:
+        lam = lam.double()
+    if bool((lam < 0).any()) or not bool(torch.isfinite(lam).all()):
+        raise ValueError("eigenvalues of a covariance must be finite and >= 0")
+    trace = lam.sum(-1, keepdim=True)
+    if bool((trace <= 0).any()):
+        raise ValueError("the eigenvalues sum to 0: the spectrum of a zero covariance has no transformation")
+    g = transform.normalised_map(lam / trace) * trace.pow(-transform.scale_exponent)
+    return lam * g.square()

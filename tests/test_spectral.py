@@ -1,0 +1,257 @@
+"""Spectral transformations: power whitening and Cholesky whitening against NumPy float64
+eigendecompositions, their gradients (also where eigenvalues repeat), spectral_map, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from intl_kernels import (
+    CholeskyWhitening,
+    PowerWhitening,
+    available_backends,
+    cholesky_whitening,
+    iternorm,
+    power_whitening,
+    spectral_map,
+)
+from tests.conftest import assert_close, assert_compiles_like_eager
+
+POWER_BACKENDS = [b for b in available_backends("cpu", transform="power") if b != "reference"]
+SHAPES = [(8, 13), (13, 8)]  # N < D and N > D
+
+
+def _centred_group(x: np.ndarray, axis: int) -> np.ndarray:
+    """The (p, q) group of a batch for `axis`, rows centred over the q samples."""
+    a = x if axis == 0 else x.T
+    return a - a.mean(1, keepdims=True)
+
+
+def _numpy_power(x: torch.Tensor, p: float, axis: int, eps: float) -> torch.Tensor:
+    """Independent float64 reference: eigh of the covariance in the original space; eigenvalues
+    below 1e-10 of the largest are null (random batches have no real eigenvalue that small)."""
+    ac = _centred_group(x.double().numpy(), axis)
+    lam, u = np.linalg.eigh(ac @ ac.T / (ac.shape[1] - 1))
+    lam = np.where(lam <= 1e-10 * lam.max(), 0.0, lam) + eps
+    g = np.where(lam > 0, np.maximum(lam, 1e-300) ** -p, 0.0)
+    out = (u * g) @ u.T @ ac
+    return torch.from_numpy(out if axis == 0 else out.T)
+
+
+def _forward_and_grad(fn, x, grad):
+    x = x.detach().requires_grad_(True)
+    out = fn(x)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    return out, grad_x
+
+
+@pytest.mark.parametrize("backend", ["reference", *POWER_BACKENDS])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("eps", [0.0, 0.05])
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])
+def test_power_matches_numpy_float64(backend, axis, shape, eps, p):
+    x = torch.randn(shape, dtype=torch.float64)
+    assert_close(power_whitening(x, p, axis, eps, backend=backend), _numpy_power(x, p, axis, eps), 1e-12)
+
+
+def test_power_zero_returns_the_centred_batch():
+    x = torch.randn(9, 14, dtype=torch.float64)
+    assert_close(power_whitening(x, 0.0, axis=1), x - x.mean(0), 1e-13)
+
+
+@pytest.mark.parametrize("backend", POWER_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(5, 8), (8, 5)])
+@pytest.mark.parametrize(("p", "eps"), [(0.5, 0.0), (0.3, 0.1), (1.0, 0.0)])
+def test_power_gradcheck(backend, axis, shape, p, eps):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: power_whitening(t, p, axis, eps, backend=backend), (x,))
+
+
+def _batch_with_spectrum(singular_values: list[float], n: int) -> torch.Tensor:
+    """An (n, d) batch, centred, whose covariance over features has eigenvalues s^2 / (n - 1)."""
+    d = len(singular_values)
+    centring = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    left = torch.linalg.qr(centring @ torch.randn(n, d, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0]
+    return left @ torch.diag(torch.tensor(singular_values, dtype=torch.float64)) @ right.T
+
+
+def _numpy_divided_difference_gradient(x: torch.Tensor, grad: torch.Tensor, p: float) -> torch.Tensor:
+    """d<grad, xc Φ>/dx at axis 1 with Φ = S^-p, by the Daleckii-Krein formula in float64 NumPy
+    (ties within 1e-9 relative take the derivative)."""
+    xn, gn = x.numpy(), grad.numpy()
+    xc = xn - xn.mean(0)
+    n = xn.shape[0]
+    lam, u = np.linalg.eigh(xc.T @ xc / (n - 1))
+    g = lam**-p
+    li, lj = lam[:, None], lam[None, :]
+    tie = np.abs(li - lj) <= 1e-9 * np.maximum(li, lj)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(tie, -p * li ** (-p - 1), (g[:, None] - g[None, :]) / (li - lj))
+    phi = (u * g) @ u.T
+    grad_phi = xc.T @ gn
+    grad_phi = 0.5 * (grad_phi + grad_phi.T)
+    grad_s = u @ (f * (u.T @ grad_phi @ u)) @ u.T
+    grad_xc = gn @ phi.T + 2.0 / (n - 1) * xc @ grad_s
+    return torch.from_numpy(grad_xc - grad_xc.mean(0))
+
+
+@pytest.mark.parametrize("backend", POWER_BACKENDS)
+@pytest.mark.parametrize("gap", [0.0, 1e-7], ids=["repeated", "nearly-repeated"])
+@pytest.mark.parametrize("p", [0.5, 0.25])
+def test_power_gradient_where_eigenvalues_repeat(backend, gap, p):
+    # Three 4-fold eigenvalues (autograd through eigh divides by their zero gaps).
+    values = [s * (1 + gap * k) for s in (3.0, 2.0, 1.0) for k in range(4)]
+    x = _batch_with_spectrum(values, 40)
+    grad = torch.randn_like(x)
+    _, grad_x = _forward_and_grad(lambda t: power_whitening(t, p, axis=1, backend=backend), x, grad)
+    assert_close(grad_x, _numpy_divided_difference_gradient(x, grad, p), 1e-9)
+    if gap == 0.0:  # the map is smooth there: finite differences agree as well
+        leaf = x.clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda t: power_whitening(t, p, axis=1, backend=backend), (leaf,))
+
+
+@pytest.mark.parametrize("backend", POWER_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
+def test_power_float32_within_1e5_of_float64(backend, axis, shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, dtype=torch.float64)
+    ref_out, ref_grad = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis), x, grad)
+    out, grad_x = _forward_and_grad(
+        lambda t: power_whitening(t, 0.5, axis, backend=backend), x.float(), grad.float()
+    )
+    assert out.dtype == torch.float32 and grad_x.dtype == torch.float32
+    assert_close(out, ref_out, 1e-5)
+    assert_close(grad_x, ref_grad, 1e-5)
+
+
+@pytest.mark.parametrize("backend", POWER_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_power_half_inputs_under_autocast(backend, dtype, axis):
+    x = (torch.randn(48, 160) * 30).to(dtype)
+    grad = torch.randn(48, 160).to(dtype)
+    ref_out, ref_grad = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis), x.double(), grad.double())
+    with torch.autocast("cpu", dtype=dtype):
+        out, grad_x = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis, backend=backend), x, grad)
+    assert out.dtype == dtype and grad_x.dtype == dtype
+    assert_close(out, ref_out, 1e-2)
+    assert_close(grad_x, ref_grad, 1e-2)
+
+
+@pytest.mark.parametrize("backend", POWER_BACKENDS)
+def test_power_is_finite_on_rank_deficient_batches(backend):
+    # Repeated samples: many null eigenvalues beyond the one centring leaves.
+    x = torch.randn(4, 10, dtype=torch.float64).repeat(3, 1)
+    out, grad_x = _forward_and_grad(
+        lambda t: power_whitening(t, 0.75, axis=1, backend=backend), x, torch.randn(12, 10)
+    )
+    assert torch.isfinite(out).all() and torch.isfinite(grad_x).all()
+    assert_close(out, _numpy_power(x, 0.75, 1, 0.0), 1e-10)
+
+
+def test_power_half_is_iternorm_in_the_limit_of_many_iterations():
+    # Well conditioned (many more samples than features): Newton-Schulz converges to S^-1/2.
+    x = torch.randn(400, 6, dtype=torch.float64) @ torch.diag(
+        torch.linspace(1.0, 1.5, 6, dtype=torch.float64)
+    )
+    grad = torch.randn_like(x)
+    power = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis=1), x, grad)
+    newton = _forward_and_grad(lambda t: iternorm(t, axis=1, iterations=40), x, grad)
+    assert_close(power[0], newton[0], 1e-12)
+    assert_close(power[1], newton[1], 1e-10)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_power_compiles_as_one_graph(axis):
+    # eps > 0, as for FusedIterNorm: with eps = 0 the zero-trace check's host sync breaks the graph.
+    assert_compiles_like_eager(PowerWhitening(0.5, axis, eps=0.1))
+
+
+@pytest.mark.parametrize("kind", ["iternorm", "power"])
+def test_spectral_map_is_the_output_covariance_spectrum(kind):
+    x = torch.randn(300, 7, dtype=torch.float64)
+    params = {"iterations": 3} if kind == "iternorm" else {"p": 0.25}
+    xc = x - x.mean(0)
+    lam = torch.linalg.eigvalsh(xc.T @ xc / 299)
+    out = iternorm(x, 1, 3) if kind == "iternorm" else power_whitening(x, 0.25, 1)
+    expected = torch.linalg.eigvalsh(out.T @ out / 299)
+    assert_close(spectral_map(kind, lam, **params).sort().values, expected, 1e-12)
+
+
+def test_spectral_map_of_zca_is_flat_and_of_iternorm_zero_is_the_spectrum():
+    lam = torch.rand(50, dtype=torch.float64) + 0.01
+    assert_close(spectral_map("power", lam, p=0.5), torch.ones_like(lam), 1e-14)
+    assert_close(spectral_map("iternorm", lam, iterations=0), lam / lam.sum(), 1e-14)
+
+
+def _numpy_cholesky(x: torch.Tensor, axis: int, eps: float) -> torch.Tensor:
+    ac = _centred_group(x.double().numpy(), axis)
+    factor = np.linalg.cholesky(ac @ ac.T / (ac.shape[1] - 1) + eps * np.eye(ac.shape[0]))
+    out = np.linalg.solve(factor, ac)
+    return torch.from_numpy(out if axis == 0 else out.T)
+
+
+@pytest.mark.parametrize(("axis", "shape"), [(1, (20, 6)), (0, (6, 20))])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cholesky_matches_numpy(axis, shape, eps, dtype):
+    x = torch.randn(shape, dtype=torch.float64)
+    out = cholesky_whitening(x.to(dtype), axis, eps)
+    assert out.dtype == dtype
+    assert_close(out, _numpy_cholesky(x, axis, eps), 1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_cholesky_whitens_and_has_gradients():
+    x = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
+    out = CholeskyWhitening()(x)
+    assert_close(out.T @ out / 11, torch.eye(5, dtype=torch.float64), 1e-12)
+    assert torch.autograd.gradcheck(lambda t: cholesky_whitening(t, 1, 0.0), (x,))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda x: power_whitening(x, -0.5), ValueError, "p must be a finite real number >= 0, got -0.5"),
+        (lambda x: power_whitening(x, float("nan")), ValueError, "p must be a finite real number >= 0"),
+        (lambda x: power_whitening(x, float("inf")), ValueError, "p must be a finite real number >= 0"),
+        (lambda x: power_whitening(x, True), ValueError, "p must be a finite real number"),
+        (lambda x: power_whitening(x, eps=-1.0), ValueError, "eps must be a finite real number >= 0"),
+        (lambda x: power_whitening(x, axis=2), ValueError, "axis must be 0 or 1, got 2"),
+        (lambda x: power_whitening(x[0]), ValueError, "2-D"),
+        (lambda x: power_whitening(x.long()), TypeError, "floating-point dtype"),
+        (
+            lambda x: power_whitening(x, backend="cpp"),
+            RuntimeError,
+            "does not implement the 'power' transformation",
+        ),
+        (lambda x: power_whitening(x, backend="fast"), ValueError, "unknown backend 'fast'"),
+        (lambda x: power_whitening(torch.full_like(x, 2.5)), ValueError, "trace 0 .* pass eps > 0"),
+        (
+            lambda x: cholesky_whitening(x, axis=1),
+            ValueError,
+            "not positive definite .* centring leaves it singular",
+        ),
+        (lambda x: cholesky_whitening(x, axis=1, eps=float("nan")), ValueError, "eps must be a finite real"),
+        (lambda x: cholesky_whitening(torch.full((9, 4), 1.0)), ValueError, "not positive definite"),
+        (lambda x: PowerWhitening(p=-1), ValueError, "p must be a finite real number >= 0"),
+        (lambda x: PowerWhitening(gather="yes"), ValueError, "gather"),
+        (lambda x: CholeskyWhitening(axis=-1), ValueError, "axis must be 0 or 1"),
+        (lambda x: spectral_map("zca", [1.0]), ValueError, "unknown spectral transformation 'zca'"),
+        (lambda x: spectral_map("power", [1.0, -1.0], p=0.5), ValueError, "finite and >= 0"),
+        (lambda x: spectral_map("power", [1.0], iterations=2), TypeError, "exactly one parameter 'p'"),
+    ],
+)
+def test_bad_input_is_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call(torch.randn(6, 9))
+
+
+def test_available_backends_take_the_transformation():
+    assert "reference" in available_backends("cpu", transform="power")
+    assert "cpp" not in available_backends("cpu", transform="power")
+    assert available_backends("cpu", transform="iternorm") == available_backends("cpu")
