@@ -24,9 +24,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from intl_kernels import FusedIterNorm, intl_loss_terms, intl_trade_off, norm_mse_loss, trace_loss
+from intl_kernels import (
+    CholeskyWhitening,
+    FusedIterNorm,
+    PowerWhitening,
+    intl_loss_terms,
+    intl_trade_off,
+    norm_mse_loss,
+    trace_loss,
+)
 from train.config import Config, convert_value
-from train.losses import barlow_twins_terms, global_batch, standardise, vicreg_terms
+from train.losses import barlow_twins_terms, global_batch, standardise, vicreg_terms, wmse_loss
 from train.models import backbone, projector
 
 
@@ -215,14 +223,109 @@ class INTLMomentum(INTL):
         return {"momentum": momentum}
 
 
+def _check_finite_nonnegative(options: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(options, name)
+        if not value >= 0 or math.isinf(value):
+            raise ValueError(f"options.{name} must be finite and >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class STPowerOptions:
+    # The power of the spectral transformation Sigma^-p: 0.5 is ZCA whitening, 0 no transformation.
+    p: float = 0.5
+    eps: float = 0.0  # added to the covariance diagonal, as FusedIterNorm's eps
+
+    def __post_init__(self) -> None:
+        _check_finite_nonnegative(self, "p", "eps")
+
+
+class STPower(Method):
+    """The power-function spectral transformation (`PowerWhitening(p)`, along `axis`) on every view
+    and norm-MSE of every view to the first (INTL's alignment), no trace loss."""
+
+    Options = STPowerOptions
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        o = self.options
+        self.whitening = PowerWhitening(o.p, config.axis, o.eps, backend=config.whitening_backend)
+        self.transform_axis = config.axis
+
+    def loss(self, views: list[Tensor], step: int, total_steps: int) -> LossOutput:
+        features, embeddings = self.embed(views)
+        transformed = [self.whitening(z) for z in embeddings]
+        alignment = alignment_to_first(transformed)
+        return LossOutput(alignment, {"alignment": alignment}, features[0], embeddings[0], transformed[0])
+
+    def transform(self, embedding: Tensor) -> Tensor:
+        return self.whitening(embedding)
+
+
+@dataclass(frozen=True)
+class WMSEOptions:
+    # htdt/self-supervised cfg.py defaults, the settings of its CIFAR-10 commands (README, "W-MSE 2").
+    w_size: int = 128  # samples per whitening sub-batch
+    w_iter: int = 1  # random sub-batch partitions per step
+    eps: float = 0.0  # W-MSE's w_eps; here added to the covariance (W-MSE shrinks; equal at 0)
+
+    def __post_init__(self) -> None:
+        if self.w_size < 2 or self.w_iter < 1:
+            raise ValueError(f"options.w_size must be >= 2 and w_iter >= 1, got {self.w_size}, {self.w_iter}")
+        _check_finite_nonnegative(self, "eps")
+
+
+class WMSE(Method):
+    """W-MSE (Ermolov et al., 2021): the projector on the views' concatenation (as the official code,
+    so its batch norms see both views), the global batch split into random sub-batches of w_size,
+    each whitened by Cholesky over features (axis 1), norm-MSE between every pair of views, averaged
+    over w_iter partitions. The partition depends on (seed, step) only: equal on every rank."""
+
+    Options = WMSEOptions
+    transform_axis = 1
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        # Gathered once by the method, before the split into sub-batches.
+        self.whitening = CholeskyWhitening(axis=1, eps=self.options.eps, gather=False)
+        self.seed = config.seed
+
+    @classmethod
+    def check_config(cls, config: Config) -> None:
+        super().check_config(config)
+        options = cls.parse_options(config.options)
+        if config.batch_size % options.w_size:
+            raise ValueError(
+                f"wmse splits the batch into sub-batches of options.w_size={options.w_size}; batch_size "
+                f"{config.batch_size} is not a multiple of it"
+            )
+        if options.w_size <= config.projector[-1] and options.eps == 0:
+            raise ValueError(
+                f"wmse whitens {config.projector[-1]} features over sub-batches of {options.w_size} samples: "
+                "the covariance is singular unless options.w_size > the embedding size (or options.eps > 0)"
+            )
+
+    def loss(self, views: list[Tensor], step: int, total_steps: int) -> LossOutput:
+        features = [self.backbone(v) for v in views]
+        embeddings = _full_precision(self.projector(torch.cat(features))).chunk(len(views))
+        gathered = [global_batch(z) for z in embeddings]
+        o = self.options
+        generator = step_generator(self.seed, step)
+        loss, whitened = wmse_loss(gathered, self.whitening, o.w_size, o.w_iter, generator)
+        # The whitened first view of the global batch, as FusedIterNorm returns it for INTL.
+        return LossOutput(loss, {}, features[0], embeddings[0], whitened[0])
+
+    def transform(self, embedding: Tensor) -> Tensor:
+        return self.whitening(embedding)
+
+
 @dataclass(frozen=True)
 class BarlowTwinsOptions:
     # lambda of the off-diagonal term: the official default (facebookresearch/barlowtwins main.py).
     lambd: float = 0.0051
 
     def __post_init__(self) -> None:
-        if not self.lambd >= 0 or math.isinf(self.lambd):
-            raise ValueError(f"options.lambd must be finite and >= 0, got {self.lambd}")
+        _check_finite_nonnegative(self, "lambd")
 
 
 class BarlowTwins(Method):
@@ -256,10 +359,7 @@ class VICRegOptions:
     cov_coeff: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("sim_coeff", "std_coeff", "cov_coeff"):
-            value = getattr(self, name)
-            if not value >= 0 or math.isinf(value):
-                raise ValueError(f"options.{name} must be finite and >= 0, got {value}")
+        _check_finite_nonnegative(self, "sim_coeff", "std_coeff", "cov_coeff")
 
 
 class VICReg(Method):
@@ -300,6 +400,8 @@ METHODS: dict[str, type[Method]] = {
     "intl": INTL,
     "intl_m": INTLMomentum,
     "iternorm": IterNormOnly,
+    "st_power": STPower,
+    "wmse": WMSE,
     "barlow_twins": BarlowTwins,
     "vicreg": VICReg,
 }

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import yaml
 
-from intl_kernels import iternorm, trace_loss
+from intl_kernels import iternorm, power_whitening, trace_loss
 from train import pretrain
 from train.config import load_config
 from train.distributed import Runtime
@@ -226,6 +226,8 @@ def run_toy(spec: RunSpec, toy: dict[str, Any], fraction: float) -> dict[str, An
     def transform(x: torch.Tensor) -> torch.Tensor:
         if spec.method == "iternorm":
             return iternorm(x, axis=axis, iterations=int(settings["T"]))
+        if spec.method == "st_power":
+            return power_whitening(x, p=float(settings["p"]), axis=axis)
         raise ValueError(f"toy studies run method 'iternorm' or 'st_power', got {spec.method!r}")
 
     def along_axis(x: torch.Tensor) -> torch.Tensor:  # the covariance the whitening sees
