@@ -10,6 +10,7 @@ Public API:
     iternorm_reference            the eager official math, the ground truth
     projection_head               the INTL projector (Linear-BN-ReLU blocks, then Linear)
     available_backends            backends usable for a device, dtype and transformation
+    NonFiniteInputError           raised for an input with inf or NaN (a ValueError)
 """
 
 from intl_kernels.cholesky import cholesky_whitening
@@ -20,6 +21,7 @@ from intl_kernels.losses import intl_loss, intl_loss_terms, intl_trade_off, norm
 from intl_kernels.modules import CholeskyWhitening, FusedIterNorm, IterNorm, PowerWhitening
 from intl_kernels.projector import projection_head
 from intl_kernels.reference import iternorm_reference
+from intl_kernels.scaling import NonFiniteInputError
 from intl_kernels.transforms import IterNormTransform, PowerTransform, spectral_map
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __all__ = [
     "FusedIterNorm",
     "IterNorm",
     "IterNormTransform",
+    "NonFiniteInputError",
     "PowerTransform",
     "PowerWhitening",
     "available_backends",

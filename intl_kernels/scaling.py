@@ -19,13 +19,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["SAFE_MAGNITUDE", "Rescaling", "rescale", "unscale"]
+__all__ = ["SAFE_MAGNITUDE", "NonFiniteInputError", "Rescaling", "rescale", "unscale"]
 
 # Groups whose largest |value| lies in [1 / SAFE_MAGNITUDE, SAFE_MAGNITUDE] are whitened as they are:
 # their Gram matrix (at most 4 q p max|a|^2 / (q - ddof)) stays finite in fp32 for any realistic
 # size, and the squares of rounding-level differences (max|a| 2^-24)^2 >= 2^-88 stay normal, so the
 # zero-trace rule judges them exactly. Outside, a group is scaled to a largest |value| in [0.5, 1).
 SAFE_MAGNITUDE = 2.0**20
+
+
+class NonFiniteInputError(ValueError):
+    """The input holds inf or NaN, for which no whitening is defined (in training: the weights or
+    the data diverged before this layer, which a trainer can tell from a bad setting)."""
 
 
 class Rescaling(NamedTuple):
@@ -47,7 +52,7 @@ def rescale(a: Tensor, eps: float) -> tuple[Tensor, Rescaling | None]:
     eps > 0: one c for all groups (the backends take one eps), from the largest group, and only to
     scale down: small groups need no help because eps keeps their trace positive.
     Under torch.compile (no host sync allowed) eps = 0 groups are always rescaled, eps > 0 never.
-    ValueError for an input with inf or NaN: no whitening of it is defined.
+    NonFiniteInputError (a ValueError) for an input with inf or NaN: no whitening of it is defined.
     """
     magnitude = _magnitude(a)
     if torch.compiler.is_compiling():
@@ -57,7 +62,7 @@ def rescale(a: Tensor, eps: float) -> tuple[Tensor, Rescaling | None]:
     low, high = torch.aminmax(magnitude)
     low, high = low.item(), high.item()  # one host sync for both
     if not math.isfinite(high):
-        raise ValueError("the input contains inf or NaN values: a whitening of it is not defined")
+        raise NonFiniteInputError("the input contains inf or NaN values: a whitening of it is not defined")
     if eps:
         if high <= SAFE_MAGNITUDE:
             return a, None

@@ -19,8 +19,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 def _key(default: Any, meaning: str) -> Any:
     """A config field with its meaning, which `python -m train.pretrain --help` prints."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": meaning})
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": meaning})
     return field(default=default, metadata={"help": meaning})
 
 
@@ -58,7 +58,10 @@ class Config:
         [2048, 2048, 2048], "projector layer sizes, comma-separated; the last is the embedding size"
     )
     # Method
-    method: str = _key("intl", "intl | intl_m (INTL with an EMA target)")
+    method: str = _key("intl", "a name in train.methods.METHODS (python -m train.pretrain --help lists them)")
+    # The method's own settings, checked by the method (train/methods.py): YAML `options: {p: 0.25}`,
+    # command line `--options.p 0.25`; written to config.yaml with the method's defaults filled in.
+    options: dict[str, Any] = _key({}, "the method's own settings (--options.NAME value)")
     axis: int = _key(0, "whitening axis: 0 (the official default) | 1")
     iterations: int = _key(4, "IterNorm Newton iterations T")
     beta: float | None = _key(
@@ -166,13 +169,21 @@ def config_from_saved(values: dict[str, Any]) -> Config:
 
 def _convert(name: str, value: Any) -> Any:
     """Coerce a YAML or command-line value to the type of field `name`."""
-    hint = typing.get_type_hints(Config)[name]
+    return convert_value(name, typing.get_type_hints(Config)[name], value)
+
+
+def convert_value(name: str, hint: Any, value: Any) -> Any:
+    """Coerce a YAML or command-line value to the type `hint` (of the setting `name`, for errors)."""
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if type(None) in typing.get_args(hint):
             return None
         raise ValueError(f"config key {name!r} cannot be None")
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     base = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    if typing.get_origin(base) is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {name!r} needs a mapping, got {value!r}")
+        return dict(value)
     if typing.get_origin(base) is list:
         items = value.split(",") if isinstance(value, str) else list(value)
         try:
@@ -197,6 +208,9 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> None:
     valid = field_names()
     for key, value in values.items():
         key = key.replace("-", "_")
+        if key.startswith("options."):  # one method option; the method converts and checks it
+            config.options = {**config.options, key[len("options.") :]: value}
+            continue
         if key not in valid:
             raise ValueError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(valid)}")
         setattr(config, key, _convert(key, value))
@@ -276,7 +290,6 @@ def validate(config: Config) -> None:
         "augment": ("cifar", "imagenet", "multicrop"),
         "backbone": ("resnet18", "resnet50"),
         "stem": ("cifar", "imagenet"),
-        "method": ("intl", "intl_m"),
         "optimizer": ("sgd", "lars"),
         "device": ("auto", "cpu", "cuda"),
         "precision": ("auto", "bf16", "fp16", "fp32"),
@@ -304,6 +317,9 @@ def validate(config: Config) -> None:
         if value is not None and not low <= value <= high:  # also refuses NaN
             upper = "" if high == math.inf else f" and at most {high:g}"
             raise ValueError(f"{key} must be at least {low:g}{upper}, got {value!r}")
+    from train.methods import resolve_options  # the methods import this module
+
+    config.options = resolve_options(config)
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -34,9 +34,19 @@ class Metrics:
         with self.path.open("a") as f:
             f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
         if self.tensorboard is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
+            for key, value in _scalars(values):
+                self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
+
+
+def _scalars(values: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """The numbers of a metrics row, nested mappings (a method's loss terms) as `name/key`."""
+    found: list[tuple[str, float]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            found += _scalars(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)):
+            found.append((f"{prefix}{key}", value))
+    return found
 
 
 def drop_rows_after(path: Path, step: int) -> None:

@@ -23,6 +23,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from intl_kernels import NonFiniteInputError
 from train.augment import build_views
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import Config, help_text, load_config, save_config
@@ -38,7 +39,7 @@ from train.distributed import (
 from train.eval_knn import labelled_features
 from train.evaluate import Source
 from train.knn import knn_accuracy
-from train.methods import INTL, build_method
+from train.methods import LossOutput, Method, build_method
 from train.monitor import CollapseError, Metrics, Progress, collapse_threshold, drop_rows_after
 from train.optim import build_optimizer, learning_rate, set_learning_rate
 from train.preemption import REQUEUE_EXIT_CODE, CheckpointSchedule, StopSignals
@@ -51,17 +52,18 @@ CHECKPOINT = "last.pt"
 class Pretrainer(nn.Module):
     """The method plus an online linear probe on detached backbone features (one DDP module)."""
 
-    def __init__(self, method: INTL, num_classes: int) -> None:
+    def __init__(self, method: Method, num_classes: int) -> None:
         super().__init__()
         self.method = method
         self.probe = nn.Linear(method.features, num_classes)
 
-    def forward(self, views: list[Tensor], labels: Tensor, step: int, total: int) -> dict[str, Tensor]:
+    def forward(
+        self, views: list[Tensor], labels: Tensor, step: int, total: int
+    ) -> tuple[LossOutput, Tensor, Tensor]:
+        """The method's output, the probe's loss and its count of correct predictions."""
         out = self.method.loss(views, step, total)
-        logits = self.probe(out["features"].detach().float())
-        out["probe_loss"] = F.cross_entropy(logits, labels)
-        out["probe_correct"] = (logits.argmax(1) == labels).sum()
-        return out
+        logits = self.probe(out.features.detach().float())
+        return out, F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
 
 
 def find_output_dir(config: Config) -> Path:
@@ -140,6 +142,10 @@ def _last_good(path: Path, saved_step: int | None) -> str:
     if saved_step is None:
         return "no checkpoint was written yet"
     return f"the last good checkpoint is {path} (step {saved_step})"
+
+
+def _diverged(what: str, step: int, path: Path, saved_step: int | None) -> CollapseError:
+    return CollapseError(f"{what} at step {step}; stopping. {_last_good(path, saved_step).capitalize()}")
 
 
 def _checkpoint_state(
@@ -291,27 +297,27 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
             lr = learning_rate(config, step, steps_per_epoch)
             set_learning_rate(optimizer, lr)
             extra = model.method.before_step(step, total_steps)
-            with autocast:
-                out = network(views, labels, step, total_steps)
-            loss = out["loss"] + out["probe_loss"]
-            if not torch.isfinite(out["loss"]):
-                raise CollapseError(
-                    f"the loss became {out['loss'].item()} at step {step}; stopping. "
-                    f"{_last_good(checkpoint_path, saved_step).capitalize()}"
-                )
+            try:
+                with autocast:
+                    out, probe_loss, probe_hits = network(views, labels, step, total_steps)
+            except NonFiniteInputError as error:  # the weights diverged before the whitening
+                what = "the embedding became non-finite"
+                raise _diverged(what, step, checkpoint_path, saved_step) from error
+            loss = out.loss + probe_loss
+            if not torch.isfinite(out.loss):
+                raise _diverged(f"the loss became {out.loss.item()}", step, checkpoint_path, saved_step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            history["epoch_probe"][0] += int(out["probe_correct"])
+            history["epoch_probe"][0] += int(probe_hits)
             history["epoch_probe"][1] += len(labels)
             last_out = out
             elapsed = time.time() - tick
             values = {
-                "loss": out["loss"].item(),
-                "alignment": out["alignment"].item(),
-                "trace": out["trace"].item(),
+                "loss": out.loss.item(),
+                "terms": {name: term.item() for name, term in out.terms.items()},
                 "lr": lr,
                 "img_per_s": len(labels) * runtime.world_size / max(elapsed, 1e-9),
                 "data_wait": data_wait,
@@ -336,7 +342,7 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
             finished_epoch = math.ceil(step / steps_per_epoch)
             if last_out is not None and config.spectrum_every and finished_epoch % config.spectrum_every == 0:
                 entry = spectrum_entry(
-                    finished_epoch, last_out["embedding"], last_out["whitened"], config.axis
+                    finished_epoch, last_out.embedding, last_out.transformed, model.method.transform_axis
                 )
                 history["spectrum"].append(entry)
                 correct, seen = history["epoch_probe"]
@@ -346,8 +352,8 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
                     {
                         "epoch": finished_epoch,
                         "effective_rank_embedding": entry["rank_before"],
-                        "effective_rank_whitened": entry["rank_after"],
-                        "trace_loss_whitened": entry["trace_loss"],
+                        "effective_rank_transformed": entry["rank_after"],
+                        "trace_loss_transformed": entry["trace_loss"],
                         "probe_train_top1": 100.0 * correct / max(seen, 1),
                     },
                 )

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from train.spectrum import optional
+
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
     path = out / "metrics.jsonl"
@@ -35,8 +37,9 @@ def plot_run(rows: list[dict[str, Any]], path: Path) -> None:
     knn = [r for r in rows if r["kind"] == "knn"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     x = [r["step"] for r in steps]
-    for key in ("loss", "alignment", "trace"):
-        axes[0, 0].plot(x, [r[key] for r in steps], label=key)
+    axes[0, 0].plot(x, [r["loss"] for r in steps], label="loss")
+    for key in steps[-1]["terms"] if steps else ():
+        axes[0, 0].plot(x, [r["terms"][key] for r in steps], label=key)
     axes[0, 0].set(title="loss terms", xlabel="step", yscale="log")
     axes[0, 0].legend()
     axes[0, 1].plot(x, [r["lr"] for r in steps])
@@ -45,14 +48,17 @@ def plot_run(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0, 2].set(title="samples / s", xlabel="step")
     e = [r["epoch"] for r in epochs]
     axes[1, 0].plot(e, [r["effective_rank_embedding"] for r in epochs], marker="o", label="embedding")
-    axes[1, 0].plot(e, [r["effective_rank_whitened"] for r in epochs], marker="o", label="whitened")
+    transformed = [r["effective_rank_transformed"] for r in epochs]
+    if any(rank is not None for rank in transformed):
+        axes[1, 0].plot(e, transformed, marker="o", label="transformed")
     axes[1, 0].set(title="effective rank (RankMe)", xlabel="epoch")
     axes[1, 0].legend()
     axes[1, 1].plot(e, [r["probe_train_top1"] for r in epochs], marker="o", label="online probe (train)")
     axes[1, 1].plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], marker="o", label="k-NN (test)")
     axes[1, 1].set(title="accuracy (%)", xlabel="epoch")
     axes[1, 1].legend()
-    axes[1, 2].plot(e, [r.get("trace_loss_whitened", float("nan")) for r in epochs], marker="o")
+    traces = [r["trace_loss_transformed"] for r in epochs]
+    axes[1, 2].plot(e, [float("nan") if t is None else t for t in traces], marker="o")
     axes[1, 2].set(title="trace loss of the whitened batch", xlabel="epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -75,8 +81,9 @@ def _evaluations(out: Path) -> list[str]:
         elif isinstance(data, list) and data and "rank_before" in data[0]:
             for entry in data:
                 result = (
-                    f"effective rank {entry['rank_before']:.1f} / {entry['rank_after']:.1f} (embedding / "
-                    f"whitened), alignment {entry['alignment']:.4f}, uniformity {entry['uniformity']:.4f}"
+                    f"effective rank {entry['rank_before']:.1f} / {optional(entry['rank_after'], '.1f')} "
+                    f"(embedding / transformed), alignment {entry['alignment']:.4f}, uniformity "
+                    f"{entry['uniformity']:.4f}"
                 )
                 lines.append(f"| {path.name} | spectrum | {entry['checkpoint']} | {result} |")
     return lines
@@ -89,7 +96,7 @@ def write_report(out: Path) -> Path:
     plot_run(rows, out / "report.png")
     steps = [r for r in rows if r["kind"] == "step"]
     knn = [r for r in rows if r["kind"] == "knn"]
-    lines = [f"# INTL run report: {out.name}", ""]
+    lines = [f"# Run report: {out.name}", ""]
     if config:
         keys = ("dataset", "backbone", "stem", "projector", "method", "axis", "iterations", "epochs",
                 "batch_size", "lr", "weight_decay")  # fmt: skip
@@ -97,10 +104,11 @@ def write_report(out: Path) -> Path:
     if steps:
         last = steps[-1]
         speeds = sorted(r["img_per_s"] for r in steps)
+        terms = ", ".join(f"{name} {value:.4g}" for name, value in last["terms"].items())
         lines += [
-            f"Trained {last['step']} steps; last logged loss {last['loss']:.4f} (alignment "
-            f"{last['alignment']:.4f}, trace {last['trace']:.4g}); "
-            f"median {speeds[len(speeds) // 2]:.1f} samples/s.",
+            f"Trained {last['step']} steps; last logged loss {last['loss']:.4f}"
+            + (f" ({terms})" if terms else "")
+            + f"; median {speeds[len(speeds) // 2]:.1f} samples/s.",
             "",
         ]
     if knn:

@@ -1,8 +1,9 @@
-"""What INTL does to the spectrum: `python -m train.spectrum CKPT [CKPT ...] [--output-dir DIR]`.
+"""What a method does to the spectrum: `python -m train.spectrum CKPT [CKPT ...] [--output-dir DIR]`.
 
 For each training checkpoint: the eigenvalue spectrum of the embedding covariance before and after
-whitening, its effective rank (RankMe), alignment and uniformity (Wang & Isola, 2020) of the
-normalised embeddings, and the trace-loss value, as spectrum.png, spectrum.json and spectrum.md.
+the method's transform (whitening, spectral transformation; none for e.g. VICReg), its effective
+rank (RankMe), alignment and uniformity (Wang & Isola, 2020) of the normalised embeddings, and the
+trace-loss value of a whitened output, as spectrum.png, spectrum.json and spectrum.md.
 The trainer draws its per-epoch OUT/spectrum.png with the same functions.
 """
 
@@ -53,21 +54,33 @@ def uniformity(z: Tensor) -> float:
     return torch.logsumexp(-2 * distances, 0).item() - math.log(len(distances))
 
 
-def spectrum_entry(label: Any, embedding: Tensor, whitened: Tensor, axis: int) -> dict[str, Any]:
-    """Spectra, effective ranks and the trace loss of one embedding batch and its whitening."""
-    before, after = covariance_spectrum(embedding), covariance_spectrum(whitened)
+def spectrum_entry(
+    label: Any, embedding: Tensor, transformed: Tensor | None, axis: int | None
+) -> dict[str, Any]:
+    """Spectra and effective ranks of one embedding batch and of its transform (None: the method
+    has none), and the trace loss of the transform along `axis` (None: it is not a whitening)."""
+    before = covariance_spectrum(embedding)
+    after = None if transformed is None else covariance_spectrum(transformed)
+    whitened = transformed is not None and axis is not None
     return {
         "label": label,
         "rank_before": effective_rank(before),
-        "rank_after": effective_rank(after),
-        "trace_loss": trace_loss(whitened.detach().double().cpu(), axis).item(),
+        "rank_after": None if after is None else effective_rank(after),
+        "trace_loss": trace_loss(transformed.detach().double().cpu(), axis).item() if whitened else None,
         "spectrum_before": before.tolist(),
-        "spectrum_after": after.tolist(),
+        "spectrum_after": None if after is None else after.tolist(),
     }
 
 
+def normalised_spectrum(eigenvalues: list[float]) -> list[float]:
+    """Eigenvalues over their sum, numerical zeros (e.g. the direction centring removes) dropped."""
+    values = torch.tensor(eigenvalues, dtype=torch.float64)
+    values = values / values.sum().clamp_min(1e-300)
+    return values[values > 1e-12].tolist()
+
+
 def plot_spectra(entries: list[dict[str, Any]], path: Path, xlabel: str = "epoch") -> None:
-    """The latest spectra before/after whitening (normalised by their trace) and the effective
+    """The latest spectra before/after the transform (normalised by their trace) and the effective
     ranks over the entries (epochs of one run, or checkpoints)."""
     import matplotlib
 
@@ -76,18 +89,19 @@ def plot_spectra(entries: list[dict[str, Any]], path: Path, xlabel: str = "epoch
 
     latest = entries[-1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, name in (("before", "embedding"), ("after", "whitened")):
-        values = torch.tensor(latest[f"spectrum_{key}"])
-        values = values / values.sum().clamp_min(1e-300)
-        values = values[values > 1e-12]  # numerical zeros, e.g. the direction centring removes
-        left.semilogy(range(1, len(values) + 1), values.tolist(), label=name)
+    for key, name in (("before", "embedding"), ("after", "transformed")):
+        if latest[f"spectrum_{key}"] is None:
+            continue
+        values = normalised_spectrum(latest[f"spectrum_{key}"])
+        left.semilogy(range(1, len(values) + 1), values, label=name)
     left.set(
         title=f"covariance spectrum, {xlabel} {latest['label']}", xlabel="index", ylabel="eigenvalue / trace"
     )
     left.legend()
     labels = [str(e["label"]) for e in entries]
     right.plot(labels, [e["rank_before"] for e in entries], marker="o", label="embedding")
-    right.plot(labels, [e["rank_after"] for e in entries], marker="o", label="whitened")
+    if latest["rank_after"] is not None:
+        right.plot(labels, [e["rank_after"] for e in entries], marker="o", label="transformed")
     right.set(title="effective rank (RankMe)", xlabel=xlabel)
     right.legend()
     fig.tight_layout()
@@ -119,7 +133,7 @@ def analyse_checkpoint(
         seed=0,
     )
     batch = batch_size or config.batch_size
-    firsts, seconds, whitened = [], [], []
+    firsts, seconds, transformed = [], [], []
     keys = [(0, i) for i in range(len(views.images))]
     for start in range(0, len(keys) - 1, batch):
         chunk = keys[start : start + batch]
@@ -130,9 +144,10 @@ def analyse_checkpoint(
         second = method.projector(method.backbone(torch.stack([p[1] for p in pairs])))
         firsts.append(first)
         seconds.append(second)
-        whitened.append(method.whitening(first))
-    embedding, whitened_all = torch.cat(firsts), torch.cat(whitened)
-    entry = spectrum_entry(state["step"], embedding, whitened_all, config.axis)
+        transformed.append(method.transform(first))
+    embedding = torch.cat(firsts)
+    transformed_all = None if transformed[0] is None else torch.cat(transformed)
+    entry = spectrum_entry(state["step"], embedding, transformed_all, method.transform_axis)
     entry.update(
         {
             "checkpoint": str(path),
@@ -144,14 +159,20 @@ def analyse_checkpoint(
     return entry
 
 
+def optional(value: float | None, spec: str) -> str:
+    """A table cell: the number in `spec` format, "-" where a method has no such value."""
+    return "-" if value is None else format(value, spec)
+
+
 def markdown(entries: list[dict[str, Any]]) -> str:
-    columns = ("checkpoint", "step", "effective rank (embedding)", "effective rank (whitened)", "alignment",
-               "uniformity", "trace loss")  # fmt: skip
+    columns = ("checkpoint", "step", "effective rank (embedding)", "effective rank (transformed)",
+               "alignment", "uniformity", "trace loss")  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for e in entries:
         lines.append(
-            f"| {e['checkpoint']} | {e['label']} | {e['rank_before']:.1f} | {e['rank_after']:.1f} | "
-            f"{e['alignment']:.4f} | {e['uniformity']:.4f} | {e['trace_loss']:.4g} |"
+            f"| {e['checkpoint']} | {e['label']} | {e['rank_before']:.1f} | "
+            f"{optional(e['rank_after'], '.1f')} | {e['alignment']:.4f} | {e['uniformity']:.4f} | "
+            f"{optional(e['trace_loss'], '.4g')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -52,7 +52,7 @@ def test_intl_loss_is_the_package_loss(axis):
     out = method.loss(views, 0, 10)
     embeddings = [method.projector(method.backbone(v)) for v in views]
     expected = intl_loss(embeddings, FusedIterNorm(axis, backend="reference"), beta=method.beta)
-    torch.testing.assert_close(out["loss"], expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-9, atol=1e-12)
     assert method.beta == pytest.approx(0.01 * (math.log2(8 if axis == 0 else 16) - 3))
 
 
@@ -71,7 +71,7 @@ def test_intl_m_loss_against_transcription():
         )
         / 2
     )
-    torch.testing.assert_close(out["loss"], expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_ema_update_and_momentum_schedule():
@@ -97,7 +97,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     views = [torch.randn(8, 3, 32, 32) for _ in range(2)]
     losses = []
     for _ in range(2):
-        loss = method.loss(views, 0, 1)["loss"]
+        loss = method.loss(views, 0, 1).loss
         losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()

@@ -335,7 +335,10 @@ def test_python_m_train_pretrain_help_exits_0():
     assert "usage: python -m train.pretrain" in done.stdout and "--weight_decay_1d" in done.stdout
 
 
-@pytest.mark.parametrize("module", ["pretrain", "eval_knn", "eval_linear", "spectrum", "report", "export"])
+CLIS = ["pretrain", "eval_knn", "eval_linear", "spectrum", "report", "export", "study"]
+
+
+@pytest.mark.parametrize("module", CLIS)
 def test_every_cli_prints_help_and_exits_0(module, capsys):
     import importlib
 
@@ -350,4 +353,4 @@ def test_every_cli_prints_help_and_exits_0(module, capsys):
 
 def test_the_help_test_covers_every_cli():
     clis = {p.stem for p in Path(train.__file__).parent.glob("*.py") if "\ndef main(" in p.read_text()}
-    assert clis == {"pretrain", "eval_knn", "eval_linear", "spectrum", "report", "export"}
+    assert clis == set(CLIS)

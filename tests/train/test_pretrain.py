@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torchvision
 
-from tests.train.conftest import free_port, join_two_process_group, make_image_tree, metric_rows, tiny_config
+from tests.train.conftest import make_image_tree, metric_rows, tiny_config
 from train import export, pretrain
 from train.monitor import CollapseError, collapse_threshold
 
@@ -41,30 +39,6 @@ def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path):
     assert resumed["probe_train_top1"] == straight["probe_train_top1"]
 
 
-def _ddp_worker(rank: int, data: str, out: str, port: int, method: str) -> None:
-    join_two_process_group(rank, port)
-    pretrain.train(tiny_config(Path(data), Path(out), max_steps=1, method=method))
-
-
-@pytest.mark.parametrize("method", ["intl", "intl_m"])
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
-    image_tree: Path, tmp_path: Path, method
-):
-    # One step: on these noise images the whitening of 8 samples is so ill-conditioned that fp32
-    # rounding differences (different summation orders) grow from ~1e-6 after one step to between
-    # 5e-6 and 4e-4 after two, depending on the views (seeds 3-6, either flip position). After one
-    # step the runs agree to ~1e-6, while a 2x gradient scale moves conv1 by 7e-3 (lr 0.1 vs 0.2).
-    torch.set_num_threads(1)
-    try:
-        pretrain.train(tiny_config(image_tree, tmp_path / "single", max_steps=1, method=method))
-    finally:
-        torch.set_num_threads(os.cpu_count() or 1)
-    mp.spawn(
-        _ddp_worker, args=(str(image_tree), str(tmp_path / "ddp"), free_port(), method), nprocs=2, join=True
-    )
-    _assert_same_weights(_weights(tmp_path / "single"), _weights(tmp_path / "ddp"), 1e-5)
-
-
 def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path: Path):
     # collapse_rank 1e9 is capped at 7, the highest effective rank a batch of 8 can reach
     with pytest.raises(
@@ -72,7 +46,8 @@ def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path:
     ):
         pretrain.train(tiny_config(image_tree, tmp_path / "run", collapse_rank=1e9))
     assert not (tmp_path / "run" / "last.pt").exists()
-    with pytest.raises(CollapseError, match="the loss became nan .*No checkpoint was written yet"):
+    # lr nan: the first step's loss is finite, then the weights are NaN and so is the embedding
+    with pytest.raises(CollapseError, match="embedding became non-finite at step 1.*No checkpoint"):
         pretrain.train(tiny_config(image_tree, tmp_path / "nan", lr=float("nan")))
 
 
