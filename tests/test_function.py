@@ -23,8 +23,9 @@ def _forward_and_grad(fn, x, grad):
 
 def _rtol(iterations: int) -> float:
     # Singular covariances (centring removes a dimension) make null-space iterates grow as 1.5^T,
-    # so the reference itself loses digits to cancellation at large T.
-    return 1e-9 if iterations <= 5 else 1e-6
+    # so the reference itself loses digits to cancellation at large T: at T = 8 the gradient of a
+    # (2, 2) batch (rank 1, eps 0) differs from it by up to 1.1e-6 over 600 draws (2.3e-6 seen once).
+    return 1e-9 if iterations <= 5 else 1e-5
 
 
 @pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
