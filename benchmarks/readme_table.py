@@ -1,11 +1,11 @@
-"""Render committed results as the README's tables: `intl-bench --json` timings and
+"""Render committed results as the docs' tables: `intl-bench --json` timings and
 `benchmarks/precision_study.py --json` accuracies.
 
-    python benchmarks/readme_table.py benchmarks/results/*.json --update README.md
+    python benchmarks/readme_table.py benchmarks/results/*.json --update docs/backends.md
 
 replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers with the
 timings, and between `<!-- precision:start -->` and `<!-- precision:end -->` with the accuracies,
-so that the README's numbers are never typed by hand; without --update it prints the tables.
+so that the published numbers are never typed by hand; without --update it prints the tables.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def power_groups_reference(a: Tensor, p: float, eps: float, ddof: int) -> Tensor
 
 
 def iternorm_reference(x: Tensor, axis: int = 0, iterations: int = 4, eps: float = 0.0) -> Tensor:
-    """The official INTL whitening of an (N, D) batch; see the package README for the math.
+    """The official INTL whitening of an (N, D) batch; see README.md, The math in short.
 
     axis=0 centres each sample over its features and whitens with the N x N covariance over samples
     (`out = W @ xc`); axis=1 centres each feature over the batch and whitens with the D x D covariance

@@ -139,7 +139,7 @@ def backward(
 
 
 # Fastest on their devices where they run (benchmarks/results/*-cpu-*.json for CPU; on CUDA after
-# the Triton kernels: no GPU measurement decides between them yet, see README, Performance).
+# the Triton kernels: no GPU measurement decides between them yet, see docs/backends.md, Speed).
 CPP = register(
     Backend(
         name="cpp",

@@ -1,7 +1,7 @@
 """`intl-bench`: every whitening backend against the eager reference and torch.compile of it.
 
 Examples:
-    intl-bench --quick                                   # short CPU run (README's CPU numbers)
+    intl-bench --quick                                   # short CPU run (docs/backends.md's CPU numbers)
     intl-bench --device cuda --preset all --json r.json  # the GPU check
     intl-bench --shapes 256x2048 4096x4096 --axis 0 1 --T 4
     intl-bench --shapes 256x2048 --transform power:0.5    # ZCA against autograd through eigh

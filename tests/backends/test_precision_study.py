@@ -1,7 +1,7 @@
 """benchmarks/precision_study.py: its model of tensor-core rounding, a quick run of the study, and
-its table in the README (benchmarks/readme_table.py).
+its table in docs/backends.md (benchmarks/readme_table.py).
 
-The study chose the "triton" backend's default product precision (README, Backends), so the
+The study chose the "triton" backend's default product precision (docs/backends.md), so the
 rounding it emulates is checked bit by bit, and its quick run must show what the choice rests on:
 "tf32x3" about as accurate as exact fp32 products, plain "tf32" far less.
 """
@@ -68,7 +68,7 @@ def test_quick_study_runs_and_ranks_the_precisions(tmp_path: Path) -> None:
             assert exact < 1e-4, row
             assert errors["triton tf32x3"][value] < 3 * exact + 1e-6, row
             assert errors["triton tf32"][value] > 10 * exact, row
-    # The README's precision table is rendered from such a file.
+    # docs/backends.md's precision table is rendered from such a file.
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- precision:start -->\nold\n<!-- precision:end -->\nafter\n")
     render = SCRIPT.with_name("readme_table.py")

@@ -208,7 +208,7 @@ def _backward(
     return _backward_op(a, mean, sn, trace, w, iterates, grad_out, transform.iterations, ddof, recompute)
 
 
-# First on CUDA (no GPU measurement yet decides between it and "cuda": README, Performance).
+# First on CUDA (no GPU measurement yet decides between it and "cuda": docs/backends.md, Speed).
 BACKEND = register(
     Backend(
         name="triton",

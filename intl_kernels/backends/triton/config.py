@@ -13,7 +13,7 @@ Environment:
         "ieee" is exact fp32 on FMA units (by the H100 datasheet about 67 TFLOP/s against 495 for
         tf32 tensor cores, so about a third of that for tf32x3; not yet measured); "tf32" rounds
         operands to 10 mantissa bits. `benchmarks/precision_study.py` measured the three (the
-        kernels under the interpreter with tensor-core rounding emulated, README "Precision of the
+        kernels under the interpreter with tensor-core rounding emulated, docs/backends.md "Precision of the
         Triton products"): tf32x3 within 1.4x of ieee's error against float64, both below the fp32
         eager reference's wherever measured; tf32 3e-4 to 1.5e-1 off. fp64 inputs always use "ieee"
         (tensor-core precisions apply to fp32 only).
