@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from intl_kernels import FusedIterNorm, gather_batch, iternorm
-from tests.conftest import SEED, STAGED_BACKENDS
+from tests.conftest import SEED
+from tests.helpers import STAGED_BACKENDS
 
 WORLD = 2
 

@@ -8,17 +8,10 @@ import torch
 from intl_kernels import iternorm, iternorm_reference
 from intl_kernels.function import whiten_groups
 from intl_kernels.reference import whiten_groups_reference
-from tests.conftest import DEVICE_BACKENDS, STAGED_BACKENDS, assert_close
+from tests.helpers import DEVICE_BACKENDS, STAGED_BACKENDS, assert_close, forward_and_grad
 
 # N < D, N > D, N = D, odd sizes, N or D = 2.
 SHAPES = [(8, 13), (13, 8), (9, 9), (2, 7), (7, 2), (2, 2), (33, 17)]
-
-
-def _forward_and_grad(fn, x, grad):
-    x = x.detach().requires_grad_(True)
-    out = fn(x)
-    (grad_x,) = torch.autograd.grad(out, x, grad)
-    return out, grad_x
 
 
 def _rtol(iterations: int) -> float:
@@ -36,8 +29,8 @@ def _rtol(iterations: int) -> float:
 def test_matches_reference_float64(device, backend, axis, shape, iterations, eps):
     x = torch.randn(shape, dtype=torch.float64, device=device)
     grad = torch.randn(shape, dtype=torch.float64, device=device)
-    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, iterations, eps), x, grad)
-    out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, iterations, eps, backend=backend), x, grad)
+    ref_out, ref_grad = forward_and_grad(lambda t: iternorm_reference(t, axis, iterations, eps), x, grad)
+    out, grad_x = forward_and_grad(lambda t: iternorm(t, axis, iterations, eps, backend=backend), x, grad)
     assert_close(out, ref_out, _rtol(iterations))
     assert_close(grad_x, ref_grad, _rtol(iterations))
 
@@ -48,8 +41,8 @@ def test_matches_reference_float64(device, backend, axis, shape, iterations, eps
 def test_recompute_gives_the_same_gradient(backend, axis, shape):
     x = torch.randn(shape, dtype=torch.float64)
     grad = torch.randn(shape, dtype=torch.float64)
-    out, kept = _forward_and_grad(lambda t: iternorm(t, axis, 5, backend=backend), x, grad)
-    out_r, recomputed = _forward_and_grad(
+    out, kept = forward_and_grad(lambda t: iternorm(t, axis, 5, backend=backend), x, grad)
+    out_r, recomputed = forward_and_grad(
         lambda t: iternorm(t, axis, 5, backend=backend, recompute=True), x, grad
     )
     torch.testing.assert_close(out_r, out, rtol=0, atol=0)
@@ -62,8 +55,8 @@ def test_recompute_gives_the_same_gradient(backend, axis, shape):
 def test_groups_match_reference(device, backend, ddof, shape):
     a = torch.randn(shape, dtype=torch.float64, device=device)
     grad = torch.randn(shape, dtype=torch.float64, device=device)
-    ref_out, ref_grad = _forward_and_grad(lambda t: whiten_groups_reference(t, 5, 1e-3, ddof), a, grad)
-    out, grad_a = _forward_and_grad(lambda t: whiten_groups(t, 5, 1e-3, ddof, backend)[0], a, grad)
+    ref_out, ref_grad = forward_and_grad(lambda t: whiten_groups_reference(t, 5, 1e-3, ddof), a, grad)
+    out, grad_a = forward_and_grad(lambda t: whiten_groups(t, 5, 1e-3, ddof, backend)[0], a, grad)
     assert_close(out, ref_out, 1e-9)
     assert_close(grad_a, ref_grad, 1e-9)
 
@@ -89,8 +82,8 @@ def test_gradcheck_groups_ddof0(backend):
 def test_float32_within_1e5_of_float64(device, backend, axis, shape):
     x = torch.randn(shape, dtype=torch.float64, device=device)
     grad = torch.randn(shape, dtype=torch.float64, device=device)
-    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x, grad)
-    out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x.float(), grad.float())
+    ref_out, ref_grad = forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x, grad)
+    out, grad_x = forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x.float(), grad.float())
     assert out.dtype == torch.float32 and grad_x.dtype == torch.float32
     assert_close(out, ref_out, 1e-5)
     assert_close(grad_x, ref_grad, 1e-5)
@@ -104,9 +97,9 @@ def test_half_inputs_under_autocast(device, backend, dtype, axis):
     # lose range and precision if the Newton steps ran in half precision.
     x = (torch.randn(48, 160, device=device) * 30).to(dtype)
     grad = torch.randn(48, 160, device=device).to(dtype)
-    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x.double(), grad.double())
+    ref_out, ref_grad = forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x.double(), grad.double())
     with torch.autocast(device, dtype=dtype):
-        out, grad_x = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x, grad)
+        out, grad_x = forward_and_grad(lambda t: iternorm(t, axis, 4, backend=backend), x, grad)
     assert out.dtype == dtype and grad_x.dtype == dtype
     assert_close(out, ref_out, 1e-2)
     assert_close(grad_x, ref_grad, 1e-2)
@@ -139,7 +132,7 @@ def test_output_is_modifiable_in_place_and_inputs_stay_untouched(backend, axis, 
     x = torch.randn(20, 12, dtype=torch.float64).T if transposed else torch.randn(12, 20, dtype=torch.float64)
     grad = torch.randn(12, 20, dtype=torch.float64)
     x_before, grad_before = x.clone(), grad.clone()
-    ref_out, ref_grad = _forward_and_grad(lambda t: iternorm_reference(t, axis).relu(), x, grad)
+    ref_out, ref_grad = forward_and_grad(lambda t: iternorm_reference(t, axis).relu(), x, grad)
 
     leaf = x.detach().requires_grad_(True)
     out = iternorm(leaf, axis, backend=backend).relu_()

@@ -16,7 +16,7 @@ from intl_kernels import (
     norm_mse_loss,
     trace_loss,
 )
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 
 
 def trace_loss_direct(z: torch.Tensor, axis: int) -> torch.Tensor:

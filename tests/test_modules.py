@@ -8,7 +8,7 @@ from torch import nn
 
 from intl_kernels import FusedIterNorm, IterNorm, iternorm_reference
 from intl_kernels.reference import whiten_groups_reference
-from tests.conftest import STAGED_BACKENDS, assert_close, assert_compiles_like_eager
+from tests.helpers import STAGED_BACKENDS, assert_close, assert_compiles_like_eager
 
 
 class OfficialWhitening2dIterNorm(nn.Module):

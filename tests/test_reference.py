@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from intl_kernels import iternorm_reference
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 
 np = pytest.importorskip("numpy", reason="the independent transcription uses NumPy")
 

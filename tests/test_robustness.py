@@ -8,7 +8,7 @@ import torch
 
 from intl_kernels import iternorm, power_whitening
 from intl_kernels.reference import power_groups_reference, whiten_groups_reference
-from tests.conftest import STAGED_BACKENDS, assert_close
+from tests.helpers import STAGED_BACKENDS, assert_close
 
 ITERNORM_BACKENDS = [*STAGED_BACKENDS, "reference"]
 

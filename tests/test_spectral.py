@@ -16,7 +16,7 @@ from intl_kernels import (
     power_whitening,
     spectral_map,
 )
-from tests.conftest import assert_close, assert_compiles_like_eager
+from tests.helpers import assert_close, assert_compiles_like_eager, forward_and_grad
 
 POWER_BACKENDS = [b for b in available_backends("cpu", transform="power") if b != "reference"]
 SHAPES = [(8, 13), (13, 8)]  # N < D and N > D
@@ -37,13 +37,6 @@ def _numpy_power(x: torch.Tensor, p: float, axis: int, eps: float) -> torch.Tens
     g = np.where(lam > 0, np.maximum(lam, 1e-300) ** -p, 0.0)
     out = (u * g) @ u.T @ ac
     return torch.from_numpy(out if axis == 0 else out.T)
-
-
-def _forward_and_grad(fn, x, grad):
-    x = x.detach().requires_grad_(True)
-    out = fn(x)
-    (grad_x,) = torch.autograd.grad(out, x, grad)
-    return out, grad_x
 
 
 @pytest.mark.parametrize("backend", ["reference", *POWER_BACKENDS])
@@ -107,7 +100,7 @@ def test_power_gradient_where_eigenvalues_repeat(backend, gap, p):
     values = [s * (1 + gap * k) for s in (3.0, 2.0, 1.0) for k in range(4)]
     x = _batch_with_spectrum(values, 40)
     grad = torch.randn_like(x)
-    _, grad_x = _forward_and_grad(lambda t: power_whitening(t, p, axis=1, backend=backend), x, grad)
+    _, grad_x = forward_and_grad(lambda t: power_whitening(t, p, axis=1, backend=backend), x, grad)
     assert_close(grad_x, _numpy_divided_difference_gradient(x, grad, p), 1e-9)
     if gap == 0.0:  # the map is smooth there: finite differences agree as well
         leaf = x.clone().requires_grad_(True)
@@ -120,8 +113,8 @@ def test_power_gradient_where_eigenvalues_repeat(backend, gap, p):
 def test_power_float32_within_1e5_of_float64(backend, axis, shape):
     x = torch.randn(shape, dtype=torch.float64)
     grad = torch.randn(shape, dtype=torch.float64)
-    ref_out, ref_grad = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis), x, grad)
-    out, grad_x = _forward_and_grad(
+    ref_out, ref_grad = forward_and_grad(lambda t: power_whitening(t, 0.5, axis), x, grad)
+    out, grad_x = forward_and_grad(
         lambda t: power_whitening(t, 0.5, axis, backend=backend), x.float(), grad.float()
     )
     assert out.dtype == torch.float32 and grad_x.dtype == torch.float32
@@ -135,9 +128,9 @@ def test_power_float32_within_1e5_of_float64(backend, axis, shape):
 def test_power_half_inputs_under_autocast(backend, dtype, axis):
     x = (torch.randn(48, 160) * 30).to(dtype)
     grad = torch.randn(48, 160).to(dtype)
-    ref_out, ref_grad = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis), x.double(), grad.double())
+    ref_out, ref_grad = forward_and_grad(lambda t: power_whitening(t, 0.5, axis), x.double(), grad.double())
     with torch.autocast("cpu", dtype=dtype):
-        out, grad_x = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis, backend=backend), x, grad)
+        out, grad_x = forward_and_grad(lambda t: power_whitening(t, 0.5, axis, backend=backend), x, grad)
     assert out.dtype == dtype and grad_x.dtype == dtype
     assert_close(out, ref_out, 1e-2)
     assert_close(grad_x, ref_grad, 1e-2)
@@ -147,7 +140,7 @@ def test_power_half_inputs_under_autocast(backend, dtype, axis):
 def test_power_is_finite_on_rank_deficient_batches(backend):
     # Repeated samples: many null eigenvalues beyond the one centring leaves.
     x = torch.randn(4, 10, dtype=torch.float64).repeat(3, 1)
-    out, grad_x = _forward_and_grad(
+    out, grad_x = forward_and_grad(
         lambda t: power_whitening(t, 0.75, axis=1, backend=backend), x, torch.randn(12, 10)
     )
     assert torch.isfinite(out).all() and torch.isfinite(grad_x).all()
@@ -160,8 +153,8 @@ def test_power_half_is_iternorm_in_the_limit_of_many_iterations():
         torch.linspace(1.0, 1.5, 6, dtype=torch.float64)
     )
     grad = torch.randn_like(x)
-    power = _forward_and_grad(lambda t: power_whitening(t, 0.5, axis=1), x, grad)
-    newton = _forward_and_grad(lambda t: iternorm(t, axis=1, iterations=40), x, grad)
+    power = forward_and_grad(lambda t: power_whitening(t, 0.5, axis=1), x, grad)
+    newton = forward_and_grad(lambda t: iternorm(t, axis=1, iterations=40), x, grad)
     assert_close(power[0], newton[0], 1e-12)
     assert_close(power[1], newton[1], 1e-10)
 

@@ -7,7 +7,7 @@ import torch
 
 from intl_kernels import FusedIterNorm, iternorm
 from intl_kernels.function import whiten_groups
-from tests.conftest import STAGED_BACKENDS
+from tests.helpers import STAGED_BACKENDS
 
 ALL_BACKENDS = ["reference", *STAGED_BACKENDS]
 

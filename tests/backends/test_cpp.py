@@ -10,7 +10,7 @@ from intl_kernels import iternorm, iternorm_reference
 from intl_kernels.backends import cpp
 from intl_kernels.function import whiten_groups
 from intl_kernels.reference import whiten_groups_reference
-from tests.conftest import assert_close, assert_compiles_like_eager
+from tests.helpers import assert_close, assert_compiles_like_eager, forward_and_grad
 
 pytestmark = pytest.mark.skipif(
     cpp.cpp_unusable_reason(torch.device("cpu"), torch.float32) is not None,
@@ -35,13 +35,6 @@ def cpu_path(request, monkeypatch):
     return request.param
 
 
-def _forward_and_grad(fn, x, grad):
-    x = x.detach().requires_grad_(True)
-    out = fn(x)
-    (grad_x,) = torch.autograd.grad(out, x, grad)
-    return out, grad_x
-
-
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("shape", [(7, 19), (19, 7), (2, 2), (16, 16)])
 @pytest.mark.parametrize("iterations", [0, 1, 2, 5])
@@ -50,8 +43,8 @@ def _forward_and_grad(fn, x, grad):
 def test_every_cpu_path_matches_reference(cpu_path, axis, shape, iterations, eps, recompute):
     x = torch.randn(shape, dtype=torch.float64)
     grad = torch.randn(shape, dtype=torch.float64)
-    ref = _forward_and_grad(lambda t: iternorm_reference(t, axis, iterations, eps), x, grad)
-    got = _forward_and_grad(
+    ref = forward_and_grad(lambda t: iternorm_reference(t, axis, iterations, eps), x, grad)
+    got = forward_and_grad(
         lambda t: iternorm(t, axis, iterations, eps, backend="cpp", recompute=recompute), x, grad
     )
     for actual, expected in zip(got, ref, strict=True):
@@ -66,8 +59,8 @@ def test_groups_in_any_layout_fp32(cpu_path, layout, shape, ddof):
     if layout == "strided":  # neither unit stride: the CPU path copies once
         base = torch.randn(shape[0], shape[1] * 2, shape[2] * 3)[:, ::2, ::3]
     grad = torch.randn(shape)
-    ref = _forward_and_grad(lambda t: whiten_groups_reference(t, 4, 0.0, ddof), base.double(), grad.double())
-    got = _forward_and_grad(lambda t: whiten_groups(t, 4, 0.0, ddof, backend="cpp")[0], base, grad)
+    ref = forward_and_grad(lambda t: whiten_groups_reference(t, 4, 0.0, ddof), base.double(), grad.double())
+    got = forward_and_grad(lambda t: whiten_groups(t, 4, 0.0, ddof, backend="cpp")[0], base, grad)
     for actual, expected in zip(got, ref, strict=True):
         assert actual.dtype == torch.float32
         assert_close(actual, expected, 1e-4)
@@ -79,8 +72,8 @@ def test_half_precision_inputs_compute_in_fp32(cpu_path, dtype):
     grad = torch.randn(12, 40).to(dtype)
     # The reference in float64 on the same rounded input: internal fp32 math leaves only the
     # rounding of the output to `dtype`.
-    ref = _forward_and_grad(lambda t: iternorm_reference(t, 1, 4), x.double(), grad.double())
-    got = _forward_and_grad(lambda t: iternorm(t, 1, 4, backend="cpp"), x, grad)
+    ref = forward_and_grad(lambda t: iternorm_reference(t, 1, 4), x.double(), grad.double())
+    got = forward_and_grad(lambda t: iternorm(t, 1, 4, backend="cpp"), x, grad)
     for actual, expected in zip(got, ref, strict=True):
         assert actual.dtype == dtype
         assert_close(actual, expected, 1e-2)
@@ -93,8 +86,8 @@ def test_broadcast_output_gradients(cpu_path, axis):
     # to 0), so it is broadcast across the other one.
     x = torch.randn(12, 20, dtype=torch.float64)
     grad = (torch.randn(1, 20) if axis == 0 else torch.randn(12, 1)).double().expand(12, 20)
-    ref = _forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x, grad)
-    got = _forward_and_grad(lambda t: iternorm(t, axis, 4, backend="cpp"), x, grad)
+    ref = forward_and_grad(lambda t: iternorm_reference(t, axis, 4), x, grad)
+    got = forward_and_grad(lambda t: iternorm(t, axis, 4, backend="cpp"), x, grad)
     assert_close(got[1], ref[1], 1e-10)
 
 

@@ -22,7 +22,7 @@ from intl_kernels.backends import torch_ops
 from intl_kernels.backends.triton import backend
 from intl_kernels.function import whiten_groups
 from intl_kernels.reference import whiten_groups_reference
-from tests.conftest import assert_close, assert_compiles_like_eager
+from tests.helpers import assert_close, assert_compiles_like_eager, forward_and_grad
 
 pytestmark = pytest.mark.skipif(
     backend.unusable_reason(torch.device("cpu"), torch.float32) is not None and not torch.cuda.is_available(),
@@ -194,20 +194,13 @@ def test_gram_backward(shape, dtype, transposed, ddof):
     assert_close(backend.gram_backward(source, mean, grad_k, grad_ac.clone(), ddof), expected, RTOL[dtype])
 
 
-def _forward_and_grad(fn, x, grad):
-    x = x.detach().requires_grad_(True)
-    out = fn(x)
-    (grad_x,) = torch.autograd.grad(out, x, grad)
-    return out, grad_x
-
-
 def _check_against_reference(x, axis, iterations, recompute=False):
     grad = torch.randn(x.shape, dtype=torch.float64, device=DEVICE).to(x.dtype)
     # fp16 values are exactly representable in float64: the reference sees the same input.
-    ref_out, ref_grad = _forward_and_grad(
+    ref_out, ref_grad = forward_and_grad(
         lambda t: iternorm_reference(t, axis, iterations), x.double(), grad.double()
     )
-    out, grad_x = _forward_and_grad(
+    out, grad_x = forward_and_grad(
         lambda t: iternorm(t, axis, iterations, backend="triton", recompute=recompute), x, grad
     )
     assert out.dtype == grad_x.dtype == x.dtype
@@ -234,8 +227,8 @@ def test_iternorm_transposed_input(newton_path, axis, recompute):
 def test_groups_match_reference(newton_path, ddof):
     a = torch.randn(2, 20, 50, dtype=torch.float64, device=DEVICE)
     grad = torch.randn_like(a)
-    ref_out, ref_grad = _forward_and_grad(lambda t: whiten_groups_reference(t, 5, 1e-3, ddof), a, grad)
-    out, grad_a = _forward_and_grad(lambda t: whiten_groups(t, 5, 1e-3, ddof, "triton")[0], a, grad)
+    ref_out, ref_grad = forward_and_grad(lambda t: whiten_groups_reference(t, 5, 1e-3, ddof), a, grad)
+    out, grad_a = forward_and_grad(lambda t: whiten_groups(t, 5, 1e-3, ddof, "triton")[0], a, grad)
     assert_close(out, ref_out, 1e-9)
     assert_close(grad_a, ref_grad, 1e-9)
 
