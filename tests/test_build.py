@@ -39,6 +39,7 @@ def _gpu_architectures(library: Path) -> list[str]:
 
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(
         shutil.which("nvcc") is None, reason="no nvcc on the PATH: the CUDA sources cannot be built"
     ),

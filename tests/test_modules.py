@@ -156,6 +156,7 @@ def test_iternorm_layer_rejects_bad_configuration():
         IterNorm(16, dim=4)(torch.randn(2, 8, 3, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", STAGED_BACKENDS)
 def test_fused_iternorm_compiles_in_one_graph_with_dynamic_shapes(backend):
     # dynamic=True makes the module's eps symbolic too: the setting checks must trace. eps > 0:

@@ -121,6 +121,7 @@ def test_meta_kernels_answer_the_real_shapes_and_strides(transposed):
         assert (m.shape, m.stride(), m.dtype) == (r.shape, r.stride(), r.dtype)
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_the_cpp_backend_in_one_graph_with_dynamic_shapes():
     # eps > 0: no zero-trace check, whose host sync would break the graph.
     def whiten(t):

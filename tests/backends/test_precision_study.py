@@ -54,6 +54,7 @@ def test_tensor_core_products_against_float64(study) -> None:  # noqa: ANN001
     assert 1e-4 < error("tf32") < 1e-2  # 10-bit operands, truncated
 
 
+@pytest.mark.slow
 def test_quick_study_runs_and_ranks_the_precisions(tmp_path: Path) -> None:
     report = tmp_path / "precision.json"
     run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(report)],

@@ -296,6 +296,7 @@ def test_import_does_not_need_triton():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.1, 0.0])
 @pytest.mark.parametrize("recompute", [False, True])
 def test_torch_compile_keeps_the_kernels_in_one_graph(newton_path, eps, recompute):
@@ -315,6 +316,7 @@ def test_torch_compile_keeps_the_kernels_in_one_graph(newton_path, eps, recomput
     assert_compiles_like_eager(whiten, DEVICE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep_iterates", [True, False])
 def test_compile_operators_pass_opcheck(newton_path, keep_iterates):
     a = _groups((2, 7, 12), torch.float32, transposed=False)

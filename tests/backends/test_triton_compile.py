@@ -26,6 +26,7 @@ KERNELS = {"_row_mean_kernel", "_gram_kernel", "_product_kernel", "_sym_products
 pytest.importorskip("triton")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernels are compiled and run for real")
 @pytest.mark.parametrize("arch", [90, 80])
 def test_every_kernel_compiles_and_fits(arch: int, tmp_path: Path) -> None:
