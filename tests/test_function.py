@@ -24,8 +24,12 @@ def _rtol(iterations: int) -> float:
 @pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("iterations", [0, 1, 4, 5, 8])
-@pytest.mark.parametrize("eps", [0.0, 0.05])
+# Curated (T, eps) pairs instead of their product: every T of interest (0: the centred batch scaled;
+# 1: the free first step; 4 and 5: the official; 8: singular null spaces grown 1.5^T), eps = 0 and
+# eps > 0 both at the official T = 4. The eps shift does not interact with T in any stage.
+@pytest.mark.parametrize(
+    ("iterations", "eps"), [(0, 0.0), (1, 0.05), (4, 0.0), (4, 0.05), (5, 0.05), (8, 0.0)]
+)
 def test_matches_reference_float64(device, backend, axis, shape, iterations, eps):
     x = torch.randn(shape, dtype=torch.float64, device=device)
     grad = torch.randn(shape, dtype=torch.float64, device=device)
@@ -62,9 +66,10 @@ def test_groups_match_reference(device, backend, ddof, shape):
 
 
 @pytest.mark.parametrize("backend", STAGED_BACKENDS)
-@pytest.mark.parametrize("axis", [0, 1])
-@pytest.mark.parametrize("shape", [(5, 8), (8, 5)])
-@pytest.mark.parametrize("eps", [0.0, 0.1])
+# Both axes on N < D and N > D, each eps once per axis and per shape.
+@pytest.mark.parametrize(
+    ("axis", "shape", "eps"), [(0, (5, 8), 0.0), (0, (8, 5), 0.1), (1, (5, 8), 0.1), (1, (8, 5), 0.0)]
+)
 def test_gradcheck(backend, axis, shape, eps):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: iternorm(t, axis, 4, eps, backend=backend), (x,))
