@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,27 @@ def test_unreadable_image_is_skipped_with_a_counted_warning(image_tree: Path):
     with pytest.warns(UserWarning, match="skipped unreadable image .*000.png.*1 skipped so far"):
         image, label = images[0]
     assert image.size == (16, 16) and images.skipped == 1
+
+
+def _image_size(item: tuple) -> tuple[int, int]:
+    return item[0].size
+
+
+def test_workers_count_an_unreadable_image_once_between_them(image_tree: Path):
+    # Each DataLoader worker has its own copy of the dataset: the flags live in shared memory, so
+    # two workers and two epochs count the broken files once, and the parent sees the count.
+    for name in ("000.png", "001.png"):
+        (image_tree / "train" / "class1" / name).write_bytes(b"not an image")
+    images = image_dataset("imagefolder", str(image_tree), "/unused", "train")
+    loader = torch.utils.data.DataLoader(
+        images, batch_size=4, num_workers=2, collate_fn=lambda batch: [_image_size(b) for b in batch]
+    )
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # workers' warnings do not reach pytest.warns
+            sizes = [size for batch in loader for size in batch]
+        assert len(sizes) == len(images) and set(sizes) == {(16, 16)}
+    assert images.skipped == 2
 
 
 @pytest.mark.parametrize(
