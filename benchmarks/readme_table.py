@@ -4,7 +4,9 @@
     python benchmarks/readme_table.py benchmarks/results/*.json --update docs/backends.md
 
 replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers with the
-timings, and between `<!-- precision:start -->` and `<!-- precision:end -->` with the accuracies,
+IterNorm timings, between `<!-- spectral:start -->` and `<!-- spectral:end -->` with the timings of
+other transformations (`--transform`), and between `<!-- precision:start -->` and
+`<!-- precision:end -->` with the accuracies,
 so that the published numbers are never typed by hand; without --update it prints the tables.
 """
 
@@ -13,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from precision_study import table as precision_table
 
-BLOCKS = ("results", "precision")
+BLOCKS = ("results", "spectral", "precision")
 
 
 def _kernel_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -63,16 +66,30 @@ def _accuracies(data: dict[str, Any]) -> list[str]:
     return [header, "", precision_table(data["rows"])]
 
 
+def _block(data: dict[str, Any]) -> str | None:
+    """Which block a results file feeds: intl-bench timings of IterNorm ("results") or of another
+    transformation ("spectral"), precision-study accuracies ("precision"); None for other files."""
+    if "meta" in data and ("rows" in data or "train_step" in data):
+        transforms = {row.get("transform", "iternorm") for row in data.get("rows", [])}
+        return "results" if all(t.startswith("iternorm") for t in transforms) else "spectral"
+    if "meta" not in data and "rows" in data:
+        return "precision"
+    return None
+
+
 def render(paths: list[Path]) -> dict[str, str]:
     """Markdown per README block: for each results file its command, machine and versions, then
-    its table (precision-study files go to the "precision" block, intl-bench files to "results")."""
+    its table (see `_block` for which file feeds which block)."""
     blocks: dict[str, list[str]] = {name: [] for name in BLOCKS}
     for path in paths:
         data = json.loads(path.read_text())
-        if "meta" in data:
-            blocks["results"] += [*_timings(data), ""]
+        block = _block(data)
+        if block is None:
+            print(f"{path}: not an intl-bench or precision-study file, left out", file=sys.stderr)
+        elif block == "precision":
+            blocks[block] += [*_accuracies(data), ""]
         else:
-            blocks["precision"] += [*_accuracies(data), ""]
+            blocks[block] += [*_timings(data), ""]
     return {name: "\n".join(lines).rstrip() + "\n" for name, lines in blocks.items() if lines}
 
 

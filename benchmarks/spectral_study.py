@@ -12,7 +12,7 @@ eigenvalues repeat, measured against float64.
    would write (autograd through `eigh` in the original space, the "reference" backend), each in
    fp32 and fp64, against the float64 Daleckii-Krein gradient (which tests/test_spectral.py checks
    against NumPy and finite differences).
-`readme_table.py` renders the JSON into the README's spectral block.
+docs/spectral.md quotes its figures.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from intl_kernels.transforms import PowerTransform, null_threshold
 
-# The eigendecomposition's dtype: fp64 for every input, chosen from measurements (README, Spectral
-# transformations): fp32 eigh loses the small eigenvalues that a power function amplifies.
+# The eigendecomposition's dtype: fp64 for every input, chosen from measurements (docs/spectral.md):
+# fp32 eigh loses the small eigenvalues that a power function amplifies.
 EIGH_DTYPE = torch.float64
 
 
