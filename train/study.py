@@ -3,7 +3,9 @@
 A study is a YAML file in train/studies/ (or a path): a list of runs, method x settings x seeds.
 `kind: pretrain` studies train each run as an ordinary trainer run (`train.pretrain.train`) in its
 own folder DIR/runs/<run>/ with its checkpoint; re-running the study resumes unfinished runs and
-skips finished ones (each finished run leaves DIR/runs/<run>/run.json). `kind: toy` studies need no
+skips finished ones (each finished run leaves DIR/runs/<run>/run.json). A stop signal (SIGTERM,
+SIGINT, SIGUSR1) ends the study after the running run has written its checkpoint, with exit code 75
+and no record of that run, so the same command resumes it. `kind: toy` studies need no
 network: a free embedding matrix optimised by gradient descent on a loss of its transform.
 
 At the end DIR/study.json holds one record per run, DIR/study.md the table and DIR/study.png the
@@ -46,9 +48,14 @@ from train.distributed import Runtime
 from train.export import backbone_state_dict
 from train.models import backbone
 from train.monitor import CollapseError
+from train.preemption import REQUEUE_EXIT_CODE
 from train.spectrum import covariance_spectrum, effective_rank, normalised_spectrum, optional
 
 STUDY_DIR = Path(__file__).parent / "studies"
+
+
+class StudyStopped(Exception):
+    """A stop signal ended a run early; its checkpoint is written and the same command resumes."""
 DEFAULT_COLLAPSE_FRACTION = 0.05
 
 
@@ -157,9 +164,11 @@ def run_pretrain(spec: RunSpec, base: list[str], out: Path, fraction: float) -> 
     start = time.time()
     diverged = None
     try:
-        pretrain.train(config)
+        stopped = pretrain.train(config)["stopped"]
     except CollapseError as error:  # a non-finite loss: the run is over, and collapsed
-        diverged = str(error)
+        diverged, stopped = str(error), None
+    if stopped:  # preempted: checkpointed but unfinished, so no record (the next invocation resumes)
+        raise StudyStopped(f"{spec.name} stopped by {stopped}")
     state = (
         torch.load(out / pretrain.CHECKPOINT, map_location="cpu", weights_only=False)
         if (out / pretrain.CHECKPOINT).is_file()
@@ -491,7 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     command = shlex.join(["python", "-m", "train.study", *(sys.argv[1:] if argv is None else argv)])
-    summary = run_study(args.study, args.output_dir, args.epochs, seeds, _overrides(args.set), command)
+    try:
+        summary = run_study(args.study, args.output_dir, args.epochs, seeds, _overrides(args.set), command)
+    except StudyStopped as stop:
+        print(f"study stopped: {stop}; exiting with code {REQUEUE_EXIT_CODE}, the same command resumes")
+        return REQUEUE_EXIT_CODE
     print(markdown(summary), end="")
     return 0
 
