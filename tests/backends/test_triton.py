@@ -194,17 +194,19 @@ def test_gram_backward(shape, dtype, transposed, ddof):
     assert_close(backend.gram_backward(source, mean, grad_k, grad_ac.clone(), ddof), expected, RTOL[dtype])
 
 
-def _check_against_reference(x, axis, iterations, recompute=False):
+def _check_against_reference(x, axis, iterations, recompute=False, eps=0.0):
     grad = torch.randn(x.shape, dtype=torch.float64, device=DEVICE).to(x.dtype)
-    # fp16 values are exactly representable in float64: the reference sees the same input.
+    # fp16 and bf16 values are exactly representable in float64: the reference sees the same input.
     ref_out, ref_grad = forward_and_grad(
-        lambda t: iternorm_reference(t, axis, iterations), x.double(), grad.double()
+        lambda t: iternorm_reference(t, axis, iterations, eps), x.double(), grad.double()
     )
     out, grad_x = forward_and_grad(
-        lambda t: iternorm(t, axis, iterations, backend="triton", recompute=recompute), x, grad
+        lambda t: iternorm(t, axis, iterations, eps=eps, backend="triton", recompute=recompute), x, grad
     )
     assert out.dtype == grad_x.dtype == x.dtype
-    rtol = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-2}[x.dtype]
+    # Half-precision inputs are whitened in fp32; the error is the rounding of the output to the
+    # input's dtype (2^-11 for fp16, 2^-8 for bf16) summed over the elements norm-wise.
+    rtol = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}[x.dtype]
     assert_close(out, ref_out, rtol)
     assert_close(grad_x, ref_grad, rtol)
 
@@ -215,6 +217,29 @@ def _check_against_reference(x, axis, iterations, recompute=False):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_iternorm_matches_reference(newton_path, axis, iterations, dtype):
     _check_against_reference(torch.randn(20, 45, device=DEVICE).to(dtype), axis, iterations)
+
+
+# The matrix for every transformation, on the IterNorm transformation through the Triton
+# kernels (both Newton paths, small poisoned tiles): both axes, N < D and N > D, eps 0 and > 0, each
+# input dtype. Curated to fit ~1 min under the interpreter: every (axis, shape, eps) in fp32; the
+# half dtypes only change the casts around the fp32 math, so they take eps > 0 on both shapes.
+MATRIX = [
+    pytest.param(axis, shape, eps, dtype, id=f"{axis}-{name}-eps{eps}-{dtype_name}")
+    for dtype, dtype_name, all_eps in [
+        (torch.float32, "fp32", (0.0, 0.05)),
+        (torch.float16, "fp16", (0.05,)),
+        (torch.bfloat16, "bf16", (0.05,)),
+    ]
+    for eps in all_eps
+    for name, shape in (("N<D", (20, 45)), ("N>D", (45, 20)))
+    for axis in (0, 1)
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("axis", "shape", "eps", "dtype"), MATRIX)
+def test_iternorm_matrix_matches_reference(newton_path, axis, shape, eps, dtype):
+    _check_against_reference(torch.randn(shape, device=DEVICE).to(dtype), axis, 4, eps=eps)
 
 
 @pytest.mark.parametrize("axis", [0, 1])
