@@ -3,10 +3,12 @@ compilation and the environment's backend choice."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from intl_kernels import iternorm, power_whitening
+from intl_kernels import FusedIterNorm, iternorm, power_whitening
 from intl_kernels.reference import power_groups_reference, whiten_groups_reference
 from tests.conftest import STAGED_BACKENDS, assert_close
 
@@ -90,3 +92,75 @@ def test_groups_in_the_safe_range_are_untouched():
     assert rescale(a, 0.0)[0] is a
     assert rescale(a * 1e10, 1e-5)[1] is not None
     assert rescale(a * 1e-10, 1e-5)[1] is None  # eps keeps the trace positive: nothing to fix
+
+
+# Many iterations (item 9): the same polynomial f_T on the eigenvalues, stable for any T.
+
+
+def _batch_of_rank(n: int, d: int, rank: int) -> torch.Tensor:
+    """(n, d) float64 whose centred rows span `rank` dimensions (a singular covariance when rank < d)."""
+    return torch.randn(n, rank, dtype=torch.float64) @ torch.randn(rank, d, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 4, 5, 8])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (30, 30)])
+def test_spectral_evaluation_is_the_newton_polynomial(iterations, axis, eps, shape):
+    # In float64 at the official T both evaluations round at the level of 1e-15: they must agree.
+    x = torch.randn(shape, dtype=torch.float64)
+    cotangent = torch.randn_like(x)
+    newton = _output_and_gradient(lambda t: iternorm(t, axis, iterations, eps, "torch"), x, cotangent)
+    spectral = _output_and_gradient(
+        lambda t: iternorm(t, axis, iterations, eps, evaluation="spectral"), x, cotangent
+    )
+    assert_close(spectral[0], newton[0], 1e-12)
+    assert_close(spectral[1], newton[1], 1e-11)
+
+
+@pytest.mark.parametrize(
+    ("shape", "rank", "iterations"),
+    # Full rank; 8 samples of 12 features (the null eigenvalue of centring, which perturbations
+    # keep null); rank 3 of 6 at a small T, where finite differences can follow f_T near 0
+    # (f_T'(0) grows like 1.5^(3T), and a perturbation lifts those null eigenvalues).
+    [((8, 6), 6, 15), ((8, 12), 8, 15), ((8, 6), 3, 3)],
+)
+def test_spectral_evaluation_gradient_matches_finite_differences(shape, rank, iterations):
+    x = _batch_of_rank(*shape, rank).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: iternorm(t, 1, iterations, evaluation="spectral"), (x,))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "iterations", "rtol"), [(torch.float32, 20, 1e-4), (torch.float64, 40, 1e-8)]
+)
+def test_spectral_evaluation_is_accurate_where_newton_diverges(dtype, iterations, rtol):
+    # 64 samples of 128 features: the 64 x 64 Gram matrix has the null eigenvalue centring leaves,
+    # where the Newton form is not finite at these T (benchmarks/newton_stability.py). The spectral
+    # form matches float64: f_T(0) = 1.5^T multiplies the input's rounding in the null direction,
+    # so fp32 stays at ~1.5^T 2^-24 (2e-5 at T = 20), as in exact arithmetic on rounded input.
+    x = torch.randn(64, 128, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="evaluation='spectral'"):
+        newton = iternorm(x.to(dtype), 1, iterations, backend="torch")
+    assert not torch.isfinite(newton).all()
+    spectral = iternorm(x.to(dtype), 1, iterations, evaluation="spectral")
+    assert_close(spectral, iternorm(x, 1, iterations, evaluation="spectral"), rtol)
+    if dtype == torch.float64:  # converged: f_40(u) = u^-1/2 on the positive eigenvalues, so ZCA
+        assert_close(spectral, power_whitening(x, 0.5, axis=1), rtol)
+
+
+@pytest.mark.parametrize(("dtype", "limit"), [(torch.float32, 9), (torch.bfloat16, 9), (torch.float64, 11)])
+def test_newton_warns_only_past_its_accurate_range(dtype, limit):
+    x = torch.randn(32, 8).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iternorm(x, 1, limit)
+        iternorm(x, 1, limit + 5, evaluation="spectral")
+    with pytest.warns(RuntimeWarning, match=f"T <= {limit}"):
+        iternorm(x, 1, limit + 1)
+
+
+def test_unknown_evaluation_is_refused():
+    with pytest.raises(ValueError, match="evaluation must be one of 'newton', 'spectral'"):
+        iternorm(torch.randn(8, 4), evaluation="eigh")
+    with pytest.raises(ValueError, match="evaluation"):
+        FusedIterNorm(evaluation="eigh")
