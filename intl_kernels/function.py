@@ -171,6 +171,7 @@ def transform_groups(
         raise ValueError(f"groups must be 3-D (groups, dims, samples), got shape {tuple(a.shape)}")
     check_nonnegative_real(eps, "eps")
     check_groups(a)
+    backend = _backend_under_torch_func(backend)
     a, rescaling = rescale(a, float(eps))
     eps = float(eps) if rescaling is None else rescaling.eps
     chosen = resolve_backend(backend, a.device, a.dtype, transform)
@@ -181,6 +182,32 @@ def transform_groups(
     else:
         out, mean, w = WhiteningFunction.apply(a, transform, eps, ddof, chosen, recompute)
     return unscale(out, mean, w, rescaling, transform.scale_exponent)
+
+
+def _backend_under_torch_func(backend: str) -> str:
+    """`backend`, or "reference" for "auto" inside a torch.func transform; clear errors where none runs.
+
+    The hand-written backward of `WhiteningFunction` is not a functorch rule: under `grad`,
+    `jacrev`, `jvp`... the eager reference (plain ops that torch.func differentiates) is used
+    instead. `vmap` cannot run: the input checks read values on the host (one sync per call).
+    """
+    if torch.compiler.is_compiling():  # dynamo does not trace the interpreter stack
+        return backend
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    if interpreter is None:  # the common case: no transform, ~0.1 us
+        return backend
+    if interpreter.key() == torch._C._functorch.TransformType.Vmap:
+        raise RuntimeError(
+            "torch.func.vmap is not supported by the whitening (its input checks read values on the "
+            "host): whiten the batches in a loop, or stack independent groups and call "
+            "intl_kernels.function.transform_groups on the (groups, dims, samples) tensor"
+        )
+    if backend not in ("auto", "reference"):
+        raise RuntimeError(
+            f"backend {backend!r} has a hand-written backward that torch.func transforms cannot use: "
+            "pass backend='auto' (or 'reference'), which runs the eager reference under torch.func"
+        )
+    return "reference"
 
 
 def _batch_as_groups(x: Tensor, axis: int) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from intl_kernels import FusedIterNorm, iternorm, power_whitening
 from intl_kernels.reference import power_groups_reference, whiten_groups_reference
-from tests.conftest import STAGED_BACKENDS, assert_close
+from tests.conftest import STAGED_BACKENDS, assert_close, assert_compiles_like_eager
 
 ITERNORM_BACKENDS = [*STAGED_BACKENDS, "reference"]
 
@@ -164,3 +164,46 @@ def test_unknown_evaluation_is_refused():
         iternorm(torch.randn(8, 4), evaluation="eigh")
     with pytest.raises(ValueError, match="evaluation"):
         FusedIterNorm(evaluation="eigh")
+
+
+# Compilation, torch.func and the environment's backend (item 10).
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_eps0_compiles_as_one_graph(backend, axis):
+    # The zero-trace check and the rescaling read no value on the host under torch.compile.
+    assert_compiles_like_eager(lambda t: iternorm(t, axis, 4, 0.0, backend))
+
+
+def test_eps0_compiled_zero_trace_is_refused_when_it_runs():
+    compiled = torch.compile(lambda t: iternorm(t, 1, 4, 0.0, "torch"), backend="aot_eager", fullgraph=True)
+    with pytest.raises(RuntimeError, match="trace 0"):
+        compiled(torch.ones(8, 4))
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev"])
+def test_torch_func_transforms_differentiate_the_official_math(transform):
+    x = torch.randn(12, 5, dtype=torch.float64)
+    cotangent = torch.randn_like(x)
+    expected = _output_and_gradient(lambda t: iternorm(t, 1, 4), x, cotangent)[1]
+    if transform == "grad":
+        actual = torch.func.grad(lambda t: (iternorm(t, 1, 4) * cotangent).sum())(x)
+    else:
+        actual = torch.einsum("ij,ijkl->kl", cotangent, torch.func.jacrev(lambda t: iternorm(t, 1, 4))(x))
+    assert_close(actual, expected, 1e-12)
+
+
+def test_torch_func_refusals_say_what_to_do():
+    x = torch.randn(12, 5)
+    with pytest.raises(RuntimeError, match="backend='auto'"):
+        torch.func.grad(lambda t: iternorm(t, 1, 4, backend="torch").sum())(x)
+    with pytest.raises(RuntimeError, match="vmap is not supported.*loop"):
+        torch.func.vmap(lambda t: iternorm(t, 1, 4))(x.expand(3, -1, -1))
+
+
+def test_unknown_environment_backend_names_the_variable(monkeypatch):
+    monkeypatch.setenv("INTL_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="INTL_BACKEND environment variable.*'bogus'"):
+        iternorm(torch.randn(8, 4))
+    iternorm(torch.randn(8, 4), backend="torch")  # a backend named in the call does not read it
