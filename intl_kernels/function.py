@@ -10,6 +10,7 @@ its q samples.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from intl_kernels.backends import torch_ops
 from intl_kernels.backends.base import Backend, EagerBackend
 from intl_kernels.backends.staged import whitening_core
-from intl_kernels.dispatch import resolve_backend
+from intl_kernels.dispatch import ENV_VARIABLE, resolve_backend
 from intl_kernels.scaling import rescale, unscale
 from intl_kernels.transforms import (
     IterNormTransform,
@@ -34,6 +35,7 @@ from intl_kernels.validation import (
     check_settings,
     check_trace,
 )
+from intl_kernels.verification import verified_backend
 
 __all__ = [
     "WhiteningFunction",
@@ -175,6 +177,8 @@ def transform_groups(
     a, rescaling = rescale(a, float(eps))
     eps = float(eps) if rescaling is None else rescaling.eps
     chosen = resolve_backend(backend, a.device, a.dtype, transform)
+    if backend == "auto" and os.environ.get(ENV_VARIABLE, "auto") == "auto":
+        chosen = verified_backend(chosen, a, transform, eps, ddof)  # a fused kernel no GPU run proved
     if isinstance(chosen, EagerBackend):
         mean = a.detach().mean(-1, keepdim=True)
         check_trace((a.detach() - mean).square().sum((-2, -1)) / (a.shape[-1] - ddof), mean, a.dtype, eps)

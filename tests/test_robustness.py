@@ -3,12 +3,15 @@ compilation and the environment's backend choice."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
 import torch
 
-from intl_kernels import FusedIterNorm, iternorm, power_whitening
+from intl_kernels import FusedIterNorm, IterNormTransform, iternorm, power_whitening, verification
+from intl_kernels.backends import registry
+from intl_kernels.dispatch import clear_resolution_cache
 from intl_kernels.reference import power_groups_reference, whiten_groups_reference
 from tests.conftest import STAGED_BACKENDS, assert_close, assert_compiles_like_eager
 
@@ -207,3 +210,83 @@ def test_unknown_environment_backend_names_the_variable(monkeypatch):
     with pytest.raises(ValueError, match="INTL_BACKEND environment variable.*'bogus'"):
         iternorm(torch.randn(8, 4))
     iternorm(torch.randn(8, 4), backend="torch")  # a backend named in the call does not read it
+
+
+# Fused backends verified against `torch` on first use (item 11), on CPU: cpp stands in for an
+# unproven GPU backend, and a deliberately wrong copy of it must be refused.
+
+
+@pytest.fixture
+def unproven_cpp(monkeypatch):
+    """cpp treated as unproven on CPU, with clean records and verification on."""
+    if "cpp" not in STAGED_BACKENDS:
+        pytest.skip("the compiled extension is not built here")
+    monkeypatch.setattr(verification, "UNPROVEN", {("cpp", "cpu")})
+    monkeypatch.delenv("INTL_BACKEND", raising=False)
+    monkeypatch.delenv(verification.ENV_VARIABLE, raising=False)
+    verification.clear_records()
+    clear_resolution_cache()
+    yield
+    verification.clear_records()
+    clear_resolution_cache()
+
+
+def _wrong_cpp(monkeypatch) -> None:
+    cpp = registry.registered()["cpp"]
+
+    def forward(a, transform, eps, ddof, keep):
+        out, mean, w, saved = cpp.forward(a, transform, eps, ddof, keep)
+        return out * 1.01, mean, w, saved  # 1% off: what a miscompiled kernel might do
+
+    monkeypatch.setitem(registry._REGISTRY, "cpp", dataclasses.replace(cpp, forward=forward))
+
+
+def test_unproven_backend_is_checked_once_per_key_and_kept_when_right(unproven_cpp):
+    x = torch.randn(40, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = iternorm(x, 1)
+        iternorm(x + 1, 1)  # same key: no second check
+        iternorm(x, 0)  # another axis, another key
+    checked = verification.records()
+    assert [r["shape"] for r in checked] == [(1, 12, 40), (1, 40, 12)]
+    assert all(r["passed"] and r["backend"] == "cpp" for r in checked)
+    assert checked[0]["output_error"] <= 1e-4 and checked[0]["gradient_error"] <= 1e-4
+    assert torch.equal(out, iternorm(x, 1, backend="cpp"))
+
+
+def test_unproven_backend_that_disagrees_falls_back_to_torch_loudly(unproven_cpp, monkeypatch):
+    _wrong_cpp(monkeypatch)
+    x = torch.randn(40, 12, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="'cpp' backend disagrees.*run on 'torch'.*report it"):
+        out = iternorm(x, 1)
+    assert_close(out, _float64_iternorm(x, 1, 0.0), 1e-12)  # the right answer, from torch
+    (record,) = verification.records()
+    assert not record["passed"] and record["output_error"] > 1e-3
+    with warnings.catch_warnings():  # the key stays on torch, without a second warning
+        warnings.simplefilter("error")
+        assert torch.equal(iternorm(x, 1), out)
+
+
+def test_verification_can_be_turned_off_and_skips_named_backends(unproven_cpp, monkeypatch):
+    _wrong_cpp(monkeypatch)
+    x = torch.randn(40, 12, dtype=torch.float64)
+    expected = _float64_iternorm(x, 1, 0.0)
+    monkeypatch.setenv(verification.ENV_VARIABLE, "0")
+    assert_close(iternorm(x, 1), 1.01 * expected, 1e-12)  # unverified: the wrong kernel ran
+    monkeypatch.delenv(verification.ENV_VARIABLE)
+    assert_close(iternorm(x, 1, backend="cpp"), 1.01 * expected, 1e-12)  # asked for by name
+    assert verification.records() == []
+
+
+@pytest.mark.parametrize("backend", STAGED_BACKENDS)
+def test_every_staged_backend_passes_its_own_verification(backend, monkeypatch):
+    # The check itself, on the backends this machine runs (triton through its interpreter here).
+    monkeypatch.setattr(verification, "UNPROVEN", {(backend, "cpu")})
+    verification.clear_records()
+    chosen = registry.registered()[backend]
+    a = torch.randn(1, 12, 20)
+    assert verification.verified_backend(chosen, a, IterNormTransform(4), 0.0, 1) is chosen
+    (record,) = verification.records()
+    assert record["passed"] and record["exception"] is None
+    verification.clear_records()
