@@ -1,5 +1,6 @@
-"""Extreme inputs and settings (issue #16, items 8-10): magnitudes far from 1, many iterations,
-compilation and the environment's backend choice."""
+"""Extreme inputs and settings (issue #16, items 8-11): magnitudes far from 1, many iterations,
+compilation, torch.func and the environment's backend choice, and the first-use verification of
+fused backends no GPU run has proven."""
 
 from __future__ import annotations
 
