@@ -95,6 +95,11 @@ def resolve_backend(
 
 def _resolve(name: str, environment: str, device: torch.device, dtype: torch.dtype, kind: str) -> BackendInfo:
     if name == "auto":
+        if environment and environment != "auto" and environment not in BACKEND_NAMES:
+            raise ValueError(
+                f"the {ENV_VARIABLE} environment variable names an unknown backend {environment!r}: "
+                f"set it to 'auto' or one of {', '.join(BACKEND_NAMES)}, or unset it"
+            )
         name = environment or "auto"
         if name == "auto":
             usable = (n for n in _auto_order(device.type) if _unusable_reason(n, device, dtype, kind) is None)

@@ -10,6 +10,8 @@ its q samples.
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from typing import Any
 
 import torch
@@ -18,9 +20,14 @@ from torch import Tensor
 from intl_kernels.backends import torch_ops
 from intl_kernels.backends.base import Backend, EagerBackend
 from intl_kernels.backends.staged import whitening_core
-from intl_kernels.dispatch import resolve_backend
+from intl_kernels.dispatch import ENV_VARIABLE, resolve_backend
 from intl_kernels.scaling import rescale, unscale
-from intl_kernels.transforms import IterNormTransform, PowerTransform, Transformation
+from intl_kernels.transforms import (
+    IterNormTransform,
+    PowerTransform,
+    SpectralIterNormTransform,
+    Transformation,
+)
 from intl_kernels.validation import (
     check_float_tensor,
     check_groups,
@@ -28,6 +35,7 @@ from intl_kernels.validation import (
     check_settings,
     check_trace,
 )
+from intl_kernels.verification import verified_backend
 
 __all__ = [
     "WhiteningFunction",
@@ -96,6 +104,41 @@ def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+# The largest T at which the matrix Newton-Schulz iteration is accurate, by internal (compute)
+# dtype: relative output and gradient errors <= 1e-5 (fp32) and 1e-12 (fp64) on singular and
+# full-rank covariances, measured by benchmarks/newton_stability.py
+# (benchmarks/results/2026-12-02-newton-stability-cpu.json); above it the errors grow by orders of
+# magnitude per step until the iteration overflows.
+NEWTON_ACCURATE_ITERATIONS = {torch.float32: 9, torch.float64: 11}
+EVALUATIONS = ("newton", "spectral")
+
+
+def check_evaluation(evaluation: str) -> None:
+    """ValueError unless `evaluation` is one of EVALUATIONS."""
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation must be one of {', '.join(map(repr, EVALUATIONS))}, got {evaluation!r}")
+
+
+def iternorm_transform(iterations: int, evaluation: str, dtype: torch.dtype) -> IterNormTransform:
+    """IterNorm's transformation for `evaluation` ("newton": the official matrix iteration;
+    "spectral": the same polynomial on the eigenvalues), warning when a Newton evaluation at this
+    T is past its measured accurate range for inputs of `dtype`."""
+    check_evaluation(evaluation)
+    if evaluation == "spectral":
+        return SpectralIterNormTransform(iterations)
+    limit = NEWTON_ACCURATE_ITERATIONS[torch_ops.compute_dtype(dtype)]
+    if iterations > limit:
+        warnings.warn(
+            f"iterations={iterations} is past the accurate range of the Newton-Schulz iteration in "
+            f"{torch_ops.compute_dtype(dtype)} (T <= {limit}): its rounding errors grow by orders of "
+            "magnitude per step and it overflows to NaN within a few more; pass evaluation='spectral' "
+            "for the same polynomial evaluated stably on the eigenvalues",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return IterNormTransform(iterations)
+
+
 def whiten_groups(
     a: Tensor,
     iterations: int,
@@ -103,10 +146,14 @@ def whiten_groups(
     ddof: int,
     backend: str = "auto",
     recompute: bool = False,
+    evaluation: str = "newton",
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """IterNorm whitening of groups `a` (g, p, q): `transform_groups` with T Newton-Schulz steps."""
+    """IterNorm whitening of groups `a` (g, p, q): `transform_groups` with the polynomial of T
+    Newton-Schulz steps, evaluated as `evaluation` says (`iternorm_transform`)."""
     check_settings(iterations, eps)
-    return transform_groups(a, IterNormTransform(iterations), eps, ddof, backend, recompute)
+    check_float_tensor(a, "input")
+    transform = iternorm_transform(iterations, evaluation, a.dtype)
+    return transform_groups(a, transform, eps, ddof, backend, recompute)
 
 
 def transform_groups(
@@ -126,9 +173,12 @@ def transform_groups(
         raise ValueError(f"groups must be 3-D (groups, dims, samples), got shape {tuple(a.shape)}")
     check_nonnegative_real(eps, "eps")
     check_groups(a)
+    backend = _backend_under_torch_func(backend)
     a, rescaling = rescale(a, float(eps))
     eps = float(eps) if rescaling is None else rescaling.eps
     chosen = resolve_backend(backend, a.device, a.dtype, transform)
+    if backend == "auto" and os.environ.get(ENV_VARIABLE, "auto") == "auto":
+        chosen = verified_backend(chosen, a, transform, eps, ddof)  # a fused kernel no GPU run proved
     if isinstance(chosen, EagerBackend):
         mean = a.detach().mean(-1, keepdim=True)
         check_trace((a.detach() - mean).square().sum((-2, -1)) / (a.shape[-1] - ddof), mean, a.dtype, eps)
@@ -136,6 +186,32 @@ def transform_groups(
     else:
         out, mean, w = WhiteningFunction.apply(a, transform, eps, ddof, chosen, recompute)
     return unscale(out, mean, w, rescaling, transform.scale_exponent)
+
+
+def _backend_under_torch_func(backend: str) -> str:
+    """`backend`, or "reference" for "auto" inside a torch.func transform; clear errors where none runs.
+
+    The hand-written backward of `WhiteningFunction` is not a functorch rule: under `grad`,
+    `jacrev`, `jvp`... the eager reference (plain ops that torch.func differentiates) is used
+    instead. `vmap` cannot run: the input checks read values on the host (one sync per call).
+    """
+    if torch.compiler.is_compiling():  # dynamo does not trace the interpreter stack
+        return backend
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    if interpreter is None:  # the common case: no transform, ~0.1 us
+        return backend
+    if interpreter.key() == torch._C._functorch.TransformType.Vmap:
+        raise RuntimeError(
+            "torch.func.vmap is not supported by the whitening (its input checks read values on the "
+            "host): whiten the batches in a loop, or stack independent groups and call "
+            "intl_kernels.function.transform_groups on the (groups, dims, samples) tensor"
+        )
+    if backend not in ("auto", "reference"):
+        raise RuntimeError(
+            f"backend {backend!r} has a hand-written backward that torch.func transforms cannot use: "
+            "pass backend='auto' (or 'reference'), which runs the eager reference under torch.func"
+        )
+    return "reference"
 
 
 def _batch_as_groups(x: Tensor, axis: int) -> Tensor:
@@ -164,6 +240,7 @@ def iternorm(
     eps: float = 0.0,
     backend: str = "auto",
     recompute: bool = False,
+    evaluation: str = "newton",
 ) -> Tensor:
     """INTL whitening of an (N, D) batch: the official `Whitening2dIterNorm(axis, iterations)`.
 
@@ -175,12 +252,16 @@ def iternorm(
         eps: added to the covariance diagonal before trace normalisation.
         backend: "auto" (fastest usable, or $INTL_BACKEND), or a name from `available_backends()`.
         recompute: store no Newton iterates for backward and recompute them there instead.
+        evaluation: "newton", the official matrix iteration (accurate up to T = 9 in fp32 and 11 in
+            fp64, `NEWTON_ACCURATE_ITERATIONS`; a RuntimeWarning above); or "spectral", the same
+            polynomial evaluated on the eigenvalues of the covariance, stable for any T (an
+            eigendecomposition of the smaller n x n matrix; `torch` backend only).
 
     Returns:
         The whitened batch, same shape and dtype as `x`.
     """
     a = _batch_as_groups(x, axis)
-    return _groups_as_batch(whiten_groups(a, iterations, eps, 1, backend, recompute)[0], axis)
+    return _groups_as_batch(whiten_groups(a, iterations, eps, 1, backend, recompute, evaluation)[0], axis)
 
 
 def power_whitening(

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from intl_kernels.cholesky import cholesky_whitening
 from intl_kernels.dispatch import check_backend_name
 from intl_kernels.distributed import check_gather_argument, gather_batch, should_gather
-from intl_kernels.function import iternorm, power_whitening, whiten_groups, whitening_matrix
+from intl_kernels.function import check_evaluation, iternorm, power_whitening, whiten_groups, whitening_matrix
 from intl_kernels.validation import (
     check_float_tensor,
     check_nonnegative_real,
@@ -48,10 +48,12 @@ class FusedIterNorm(nn.Module):
         backend: str = "auto",
         gather: bool | str = "auto",
         recompute: bool = False,
+        evaluation: str = "newton",
     ) -> None:
         super().__init__()
         _check_axis(axis)
         check_settings(iterations, eps)
+        check_evaluation(evaluation)
         check_backend_name(backend)
         check_gather_argument(gather)
         self.axis = axis
@@ -60,10 +62,13 @@ class FusedIterNorm(nn.Module):
         self.backend = backend
         self.gather = gather
         self.recompute = recompute
+        self.evaluation = evaluation
 
     def forward(self, x: Tensor) -> Tensor:
         x = _global_batch(x, self.gather)
-        return iternorm(x, self.axis, self.iterations, self.eps, self.backend, self.recompute)
+        return iternorm(
+            x, self.axis, self.iterations, self.eps, self.backend, self.recompute, self.evaluation
+        )
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, iterations={self.iterations}, eps={self.eps}, backend={self.backend!r}"

@@ -24,6 +24,7 @@ from intl_kernels.validation import check_iterations, check_nonnegative_real
 __all__ = [
     "IterNormTransform",
     "PowerTransform",
+    "SpectralIterNormTransform",
     "Transformation",
     "make_transform",
     "null_threshold",
@@ -80,6 +81,38 @@ class IterNormTransform(Transformation):
             f = 1.5 * f - 0.5 * u * f**3
         return f
 
+    def divided_difference(self, a: Tensor, b: Tensor) -> Tensor:
+        """`(f_T(a) - f_T(b)) / (a - b)`, `f_T'(a)` where a == b, by a recursion without cancellation.
+
+        With `D_k` the divided difference of f_k, `x^3 - y^3 = (x - y)(x^2 + xy + y^2)` and
+        a >= b (it is symmetric): `D_k = 1.5 D - 0.5 (f(a)^3 + b D (f(a)^2 + f(a) f(b) + f(b)^2))`,
+        `D_0 = 0`; nothing divides. With b the smaller one the factor of D tends to
+        `1 - r/2 - r^2/2` with r = sqrt(b / a) <= 1, in [0, 1): rounding is damped, for any T (with
+        b the larger one it would exceed 1 in magnitude once a/b > 2.4 and grow every step).
+        """
+        high, low = torch.maximum(a, b), torch.minimum(a, b)
+        f_high, f_low = torch.ones_like(high), torch.ones_like(low)
+        d = torch.zeros_like(high)
+        for _ in range(self.iterations):
+            d = 1.5 * d - 0.5 * (f_high**3 + low * d * (f_high * f_high + f_high * f_low + f_low * f_low))
+            f_high, f_low = 1.5 * f_high - 0.5 * high * f_high**3, 1.5 * f_low - 0.5 * low * f_low**3
+        return d
+
+
+@dataclass(frozen=True)
+class SpectralIterNormTransform(IterNormTransform):
+    """The same polynomial `f_T` as `IterNormTransform`, evaluated on the eigenvalues of `Sn`
+    (`U diag(f_T(u)) U^T`) instead of by the matrix Newton-Schulz iteration.
+
+    Equal in exact arithmetic; in floating point the matrix iteration amplifies rounding in the
+    directions between eigenvalues far apart (a singular covariance's null directions most), so
+    it loses accuracy and then overflows as T grows, while the scalar recursion per eigenvalue
+    stays accurate for any T (benchmarks/newton_stability.py measures both). Costs an
+    eigendecomposition of the n x n matrix; implemented by the portable `torch` backend.
+    """
+
+    kind: ClassVar[str] = "iternorm_spectral"
+
 
 @dataclass(frozen=True)
 class PowerTransform(Transformation):
@@ -131,6 +164,7 @@ def null_threshold(eigenvalues: Tensor, gram_dtype: torch.dtype) -> Tensor:
 _KINDS: dict[str, tuple[type[Transformation], str]] = {
     IterNormTransform.kind: (IterNormTransform, "iterations"),
     PowerTransform.kind: (PowerTransform, "p"),
+    SpectralIterNormTransform.kind: (SpectralIterNormTransform, "iterations"),
 }
 
 
@@ -153,7 +187,7 @@ def parse_transform(spec: str) -> Transformation:
         raise ValueError(f"a transformation is written kind:parameter (iternorm:4, power:0.5), got {spec!r}")
     cls, name = _KINDS[kind]
     try:
-        number = int(value) if cls is IterNormTransform else float(value)
+        number = int(value) if issubclass(cls, IterNormTransform) else float(value)
     except ValueError:
         raise ValueError(f"the parameter of {spec!r} is not a number") from None
     return cls(**{name: number})

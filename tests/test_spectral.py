@@ -148,13 +148,15 @@ def test_power_is_finite_on_rank_deficient_batches(backend):
 
 
 def test_power_half_is_iternorm_in_the_limit_of_many_iterations():
-    # Well conditioned (many more samples than features): Newton-Schulz converges to S^-1/2.
+    # Well conditioned (many more samples than features): f_T(u) converges to u^-1/2. Evaluated on
+    # the eigenvalues: the matrix Newton iteration at T = 40 amplifies rounding between eigenvalues
+    # more than ~2.4 apart (1e-9 gradient errors on some seeds here; issue #16 item 9).
     x = torch.randn(400, 6, dtype=torch.float64) @ torch.diag(
         torch.linspace(1.0, 1.5, 6, dtype=torch.float64)
     )
     grad = torch.randn_like(x)
     power = forward_and_grad(lambda t: power_whitening(t, 0.5, axis=1), x, grad)
-    newton = forward_and_grad(lambda t: iternorm(t, axis=1, iterations=40), x, grad)
+    newton = forward_and_grad(lambda t: iternorm(t, axis=1, iterations=40, evaluation="spectral"), x, grad)
     assert_close(power[0], newton[0], 1e-12)
     assert_close(power[1], newton[1], 1e-10)
 

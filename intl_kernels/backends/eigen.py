@@ -8,8 +8,9 @@ repeated and close eigenvalues are exact.
 
 Null eigenvalues (pseudo-inverse semantics): with eps = 0, eigenvalues at or below
 `transforms.null_threshold` are rounding noise of a singular covariance (centring alone leaves one) and are
-set to 0, where h is 0 and so is its divided difference with another null eigenvalue; between a
-null and a positive eigenvalue u, `F = (h(u) - 0) / u`.
+set to 0. For a power function h is 0 there and so is its divided difference with another null
+eigenvalue; between a null and a positive eigenvalue u, `F = (h(u) - 0) / u`. IterNorm's
+polynomial f_T is smooth at 0 and takes its divided difference everywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from intl_kernels.transforms import PowerTransform, null_threshold
+from intl_kernels.transforms import IterNormTransform, PowerTransform, Transformation, null_threshold
 
 # The eigendecomposition's dtype: fp64 for every input, chosen from measurements (docs/spectral.md):
 # fp32 eigh loses the small eigenvalues that a power function amplifies.
@@ -39,10 +40,11 @@ def spectrum(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
     return u, vectors
 
 
-def power_forward(
-    sn: Tensor, shift: Tensor | None, transform: PowerTransform, keep: bool
+def spectral_forward(
+    sn: Tensor, shift: Tensor | None, transform: Transformation, keep: bool
 ) -> tuple[Tensor, list[Tensor]]:
-    """`h(Sn)` in `sn`'s dtype, and (eigenvalues, eigenvectors) for backward when `keep`."""
+    """`h(Sn) = U diag(h(u)) U^T` in `sn`'s dtype for any transformation's `h`, and (eigenvalues,
+    eigenvectors) for backward when `keep`."""
     u, vectors = spectrum(sn, shift)
     h = transform.normalised_map(u)
     out = (vectors * h[..., None, :]) @ vectors.mT
@@ -63,5 +65,20 @@ def power_backward(sn: Tensor, saved: list[Tensor], grad_h: Tensor, transform: P
         positive_i, hi / torch.where(positive_i, ui, safe), hj / torch.where(positive_j, uj, safe)
     )
     f = torch.where(both, divided, torch.where(positive_i | positive_j, one_null, 0.0))
+    return _daleckii_krein(sn, vectors, f, grad_h)
+
+
+def polynomial_backward(
+    sn: Tensor, saved: list[Tensor], grad_h: Tensor, transform: IterNormTransform
+) -> Tensor:
+    """Gradient with respect to `sn` for IterNorm's polynomial `f_T` (smooth at 0, so null
+    eigenvalues need no special case: every entry is the polynomial's divided difference)."""
+    u, vectors = saved
+    f = transform.divided_difference(u[..., :, None], u[..., None, :])
+    return _daleckii_krein(sn, vectors, f, grad_h)
+
+
+def _daleckii_krein(sn: Tensor, vectors: Tensor, f: Tensor, grad_h: Tensor) -> Tensor:
+    """`U (F o (U^T G U)) U^T` in `sn`'s dtype."""
     inner = vectors.mT @ grad_h.to(EIGH_DTYPE) @ vectors
     return (vectors @ (f * inner) @ vectors.mT).to(sn.dtype)
