@@ -335,7 +335,7 @@ def test_python_m_train_pretrain_help_exits_0():
     assert "usage: python -m train.pretrain" in done.stdout and "--weight_decay_1d" in done.stdout
 
 
-CLIS = ["pretrain", "eval_knn", "eval_linear", "spectrum", "report", "export", "study"]
+CLIS = ["pretrain", "eval_knn", "eval_linear", "spectrum", "report", "export", "study", "study_tables"]
 
 
 @pytest.mark.parametrize("module", CLIS)

@@ -61,6 +61,8 @@ def test_an_interrupted_study_resumes_its_unfinished_run_and_skips_the_finished_
         assert RECORD_FIELDS <= set(record) and record["epochs"] == 1 and record["steps"] == 4
         assert 0 <= record["knn_top1"] <= 100 and record["effective_rank_embedding"] > 1
         assert abs(sum(record["eigenvalues_embedding"]) - 1) < 1e-6
+    with pytest.raises(ValueError, match="finished with 1 epochs, not 2: use another --output-dir"):
+        study.run_study(str(path), out, 2, None, {})
     saved = json.loads((out / "study.json").read_text())
     assert saved["collapse_rule"].startswith("the loss became non-finite")
     assert 0 <= saved["untrained_knn_top1"] <= 100
