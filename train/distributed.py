@@ -70,7 +70,8 @@ class Heartbeat:
             )  # fmt: skip
             self.store.add(self.PREFIX + str(rank), 1)
             self._stop = threading.Event()
-            threading.Thread(target=self._beat, name="intl-heartbeat", daemon=True).start()
+            self._thread = threading.Thread(target=self._beat, name="intl-heartbeat", daemon=True)
+            self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -80,8 +81,11 @@ class Heartbeat:
                 return
 
     def close(self) -> None:
+        # Joined, not only told to stop: a daemon thread still inside a store call when the
+        # interpreter exits aborts the process ("terminate called without an active exception").
         if self.store is not None:
             self._stop.set()
+            self._thread.join(timeout=10 * HEARTBEAT_SECONDS)
 
     def silent_ranks(self) -> list[int] | None:
         """The ranks whose count did not move over 3 heartbeats (None: the store itself does not
