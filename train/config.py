@@ -216,16 +216,21 @@ def _apply(config: Config, values: dict[str, Any], source: str) -> None:
         setattr(config, key, _convert(key, value))
 
 
-def find_recipe(name_or_path: str) -> Path:
-    """A recipe file: a path, or the name of one in train/configs/."""
+def find_named_yaml(name_or_path: str, folder: Path, kind: str) -> Path:
+    """A YAML file: a path, or the name of one in `folder` (FileNotFoundError listing them)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    named = CONFIG_DIR / f"{name_or_path}.yaml"
+    named = folder / f"{name_or_path}.yaml"
     if named.is_file():
         return named
-    recipes = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    raise FileNotFoundError(f"no config file {name_or_path!r}; recipes: {', '.join(recipes)}")
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise FileNotFoundError(f"no {kind} {name_or_path!r}; in {folder.name}/: {', '.join(names)}")
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file: a path, or the name of one in train/configs/."""
+    return find_named_yaml(name_or_path, CONFIG_DIR, "config file")
 
 
 def load_config(argv: list[str]) -> Config:

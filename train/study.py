@@ -43,7 +43,7 @@ import yaml
 
 from intl_kernels import iternorm, power_whitening, trace_loss
 from train import pretrain
-from train.config import load_config
+from train.config import find_named_yaml, load_config
 from train.distributed import Runtime
 from train.export import backbone_state_dict
 from train.models import backbone
@@ -82,14 +82,7 @@ def _text(value: Any) -> str:
 
 def find_study(name_or_path: str) -> Path:
     """A study file: a path, or the name of one in train/studies/."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    named = STUDY_DIR / f"{name_or_path}.yaml"
-    if named.is_file():
-        return named
-    studies = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
-    raise FileNotFoundError(f"no study {name_or_path!r}; studies: {', '.join(studies)}")
+    return find_named_yaml(name_or_path, STUDY_DIR, "study")
 
 
 def load_study(path: Path) -> dict[str, Any]:
