@@ -273,6 +273,17 @@ def train_loader(
     )
 
 
+def release_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now. Left to the garbage collector they can outlive the
+    run (an exception's traceback keeps the loader alive), and at exit multiprocessing stops them
+    with SIGTERM, which they ignore (`ignore_stop_signals`): the process then waits for them forever
+    (a study hung after writing study.json)."""
+    workers = loader._iterator  # the persistent iterator; DataLoader has no public way to close it
+    if workers is not None:
+        workers._shutdown_workers()
+        loader._iterator = None
+
+
 class Transformed(Dataset):
     """A deterministic transform over an image dataset (feature extraction)."""
 

@@ -27,7 +27,7 @@ from intl_kernels import NonFiniteInputError
 from train.augment import build_views
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import Config, help_text, load_config, save_config
-from train.data import Augmented, image_dataset, train_loader
+from train.data import Augmented, image_dataset, release_workers, train_loader
 from train.distributed import (
     Heartbeat,
     Runtime,
@@ -174,8 +174,8 @@ def train(config: Config) -> dict[str, Any]:
     out_dir = _broadcast_path(find_output_dir(config), runtime)
     heartbeat = Heartbeat(runtime.rank, runtime.world_size) if runtime.world_size > 1 else None
     try:
-        with StopSignals() as signals:
-            return _train(config, runtime, out_dir, signals)
+        with StopSignals() as signals, contextlib.ExitStack() as cleanup:
+            return _train(config, runtime, out_dir, signals, cleanup)
     except RuntimeError as exc:
         if heartbeat is not None and is_timeout(exc):
             raise explain_timeout(heartbeat, config.collective_timeout) from exc
@@ -185,7 +185,9 @@ def train(config: Config) -> dict[str, Any]:
             heartbeat.close()
 
 
-def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals) -> dict[str, Any]:
+def _train(
+    config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals, cleanup: contextlib.ExitStack
+) -> dict[str, Any]:
     torch.manual_seed(config.seed + runtime.rank)
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +198,7 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, signals: StopSignals
     loader = train_loader(
         dataset, config.batch_size, runtime.world_size, runtime.rank, config.seed, config.num_workers, cuda
     )
+    cleanup.callback(release_workers, loader)  # however the run ends: finished, stopped or collapsed
     steps_per_epoch = len(loader)
     total_steps = config.epochs * steps_per_epoch
     last_step = min(total_steps, config.max_steps) if config.max_steps else total_steps

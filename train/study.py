@@ -212,7 +212,10 @@ def untrained_knn(base: list[str]) -> float:
 def toy_embedding(samples: int, dim: int, decay: float, seed: int) -> torch.Tensor:
     """An (samples, dim) float64 matrix whose centred singular values decay as i^-decay."""
     generator = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(samples, dim, generator=generator, dtype=torch.float64))
+    # Centred before the QR, so that the columns of u, and so of the result, have mean 0: the
+    # whitening centres Z first, and the spectrum it sees is then exactly the one asked for.
+    gaussian = torch.randn(samples, dim, generator=generator, dtype=torch.float64)
+    u, _ = torch.linalg.qr(gaussian - gaussian.mean(0))
     v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
     singular = torch.arange(1, dim + 1, dtype=torch.float64).pow(-decay)
     return (u * singular) @ v.mT

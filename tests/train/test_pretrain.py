@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,16 @@ def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path:
     # lr nan: the first step's loss is finite, then the weights are NaN and so is the embedding
     with pytest.raises(CollapseError, match="embedding became non-finite at step 1.*No checkpoint"):
         pretrain.train(tiny_config(image_tree, tmp_path / "nan", lr=float("nan")))
+
+
+def test_data_workers_end_with_the_run_however_it_ends(image_tree: Path, tmp_path: Path):
+    # The workers ignore stop signals, so multiprocessing cannot end one left running at exit: the
+    # process then waited for them forever (a study hung after writing its results)
+    pretrain.train(tiny_config(image_tree, tmp_path / "done", num_workers=2, epochs=1))
+    assert multiprocessing.active_children() == []
+    with pytest.raises(CollapseError) as collapsed:  # whose traceback keeps the run's frames alive
+        pretrain.train(tiny_config(image_tree, tmp_path / "run", collapse_rank=1e9, num_workers=2))
+    assert multiprocessing.active_children() == [], collapsed.value
 
 
 def test_collapse_threshold_stays_within_the_rank_a_batch_can_reach():

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.train.conftest import metric_rows
@@ -79,3 +80,10 @@ def test_the_toy_study_shows_the_trace_loss_equalising_the_spectrum(tmp_path: Pa
     # p = 0.5 whitens exactly: its trace loss is 0 whatever Z is, so Z does not move
     control = runs[("st_power", (0.5,))]
     assert control["condition_number"] == pytest.approx(control["condition_number_initial"], rel=1e-6)
+
+
+def test_the_toy_embedding_is_centred_with_the_spectrum_it_is_asked_for():
+    z = study.toy_embedding(64, 8, 1.5, seed=3)
+    assert z.mean(0).abs().max() < 1e-12  # centring leaves it as it is: the whitening sees this spectrum
+    asked = torch.arange(1, 9, dtype=torch.float64).pow(-1.5)
+    torch.testing.assert_close(torch.linalg.svdvals(z - z.mean(0)), asked, rtol=1e-10, atol=0)
