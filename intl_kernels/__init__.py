@@ -11,9 +11,10 @@ Public API:
     projection_head               the INTL projector (Linear-BN-ReLU blocks, then Linear)
     available_backends            backends usable for a device, dtype and transformation
     NonFiniteInputError           raised for an input with inf or NaN (a ValueError)
+    SingularCovarianceError       raised by Cholesky whitening for a singular covariance (a ValueError)
 """
 
-from intl_kernels.cholesky import cholesky_whitening
+from intl_kernels.cholesky import SingularCovarianceError, cholesky_whitening
 from intl_kernels.dispatch import BACKEND_NAMES, available_backends
 from intl_kernels.distributed import gather_batch
 from intl_kernels.function import iternorm, power_whitening
@@ -33,6 +34,7 @@ __all__ = [
     "IterNorm",
     "IterNormTransform",
     "NonFiniteInputError",
+    "SingularCovarianceError",
     "PowerTransform",
     "PowerWhitening",
     "available_backends",

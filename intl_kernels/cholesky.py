@@ -16,17 +16,22 @@ from intl_kernels.backends.torch_ops import compute_dtype
 from intl_kernels.function import _batch_as_groups, _groups_as_batch
 from intl_kernels.validation import check_nonnegative_real
 
-__all__ = ["cholesky_whitening"]
+__all__ = ["SingularCovarianceError", "cholesky_whitening"]
+
+
+class SingularCovarianceError(ValueError):
+    """The covariance to whiten is not positive definite: no Cholesky whitening of it exists (in
+    training: the embedding lost a dimension, a collapse)."""
 
 
 def cholesky_whitening(x: Tensor, axis: int = 1, eps: float = 0.0) -> Tensor:
     """W-MSE whitening of an (N, D) batch: axis 1 (W-MSE's) whitens the D x D covariance over
     features, `out = xc L^{-T}`; axis 0 the N x N one over samples, `out = L^{-1} xc`.
 
-    Raises ValueError when S is not positive definite (with eps = 0 whenever N <= D at axis 1:
-    centring leaves a null eigenvalue), instead of returning NaN. Internal math in fp32 (fp64 for
-    fp64 input); the result has `x`'s dtype. Checking S costs one host synchronisation, so under
-    torch.compile the check breaks the graph there.
+    Raises SingularCovarianceError (a ValueError) when S is not positive definite (with eps = 0
+    whenever N <= D at axis 1: centring leaves a null eigenvalue), instead of returning NaN.
+    Internal math in fp32 (fp64 for fp64 input); the result has `x`'s dtype. Checking S costs one
+    host synchronisation, so under torch.compile the check breaks the graph there.
     """
     a = _batch_as_groups(x, axis)
     check_nonnegative_real(eps, "eps")
@@ -37,7 +42,7 @@ def cholesky_whitening(x: Tensor, axis: int = 1, eps: float = 0.0) -> Tensor:
     sigma.diagonal(dim1=-2, dim2=-1).add_(float(eps))
     factor, info = torch.linalg.cholesky_ex(sigma)
     if bool((info > 0).any()):
-        raise ValueError(
+        raise SingularCovarianceError(
             f"the {p} x {p} covariance (+ eps I) is not positive definite in {ac.dtype} arithmetic "
             f"(with {q} samples and {p} whitened dimensions"
             + (", centring leaves it singular" if q <= p else "")

@@ -23,7 +23,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from intl_kernels import NonFiniteInputError
+from intl_kernels import NonFiniteInputError, SingularCovarianceError
 from train.augment import build_views
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import Config, help_text, load_config, save_config
@@ -142,6 +142,13 @@ def _last_good(path: Path, saved_step: int | None) -> str:
     if saved_step is None:
         return "no checkpoint was written yet"
     return f"the last good checkpoint is {path} (step {saved_step})"
+
+
+# What the whitening refuses once the weights have gone wrong: the run has diverged or collapsed.
+_DIVERGED = {
+    NonFiniteInputError: "the embedding became non-finite",
+    SingularCovarianceError: "the covariance of the embedding became singular (it lost a dimension)",
+}
 
 
 def _diverged(what: str, step: int, path: Path, saved_step: int | None) -> CollapseError:
@@ -303,9 +310,8 @@ def _train(
             try:
                 with autocast:
                     out, probe_loss, probe_hits = network(views, labels, step, total_steps)
-            except NonFiniteInputError as error:  # the weights diverged before the whitening
-                what = "the embedding became non-finite"
-                raise _diverged(what, step, checkpoint_path, saved_step) from error
+            except tuple(_DIVERGED) as error:  # the weights went wrong before the whitening
+                raise _diverged(_DIVERGED[type(error)], step, checkpoint_path, saved_step) from error
             loss = out.loss + probe_loss
             if not torch.isfinite(out.loss):
                 raise _diverged(f"the loss became {out.loss.item()}", step, checkpoint_path, saved_step)

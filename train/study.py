@@ -120,7 +120,10 @@ def _argv(settings: dict[str, Any]) -> list[str]:
 
 
 def collapse_rule(fraction: float) -> str:
-    return f"the loss became non-finite, or the embedding's final effective rank < {fraction} x min(N - 1, D)"
+    return (
+        "the run diverged (a non-finite loss or embedding, or a covariance too singular to whiten), "
+        f"or the embedding's final effective rank < {fraction} x min(N - 1, D)"
+    )
 
 
 def is_collapsed(rank: float, samples: int, dim: int, fraction: float) -> bool:

@@ -52,6 +52,21 @@ def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path:
         pretrain.train(tiny_config(image_tree, tmp_path / "nan", lr=float("nan")))
 
 
+def test_a_covariance_too_singular_to_whiten_is_a_collapse(image_tree: Path, tmp_path: Path, monkeypatch):
+    import intl_kernels.modules
+
+    real = intl_kernels.modules.cholesky_whitening
+
+    def one_direction(x, axis, eps):  # every feature the same: a rank-1 covariance, as a collapse makes
+        return real(x[:, :1].expand_as(x).contiguous(), axis, eps)
+
+    monkeypatch.setattr(intl_kernels.modules, "cholesky_whitening", one_direction)
+    options = {"options.w_size": 8}  # one sub-batch of 8 samples for 4 features: full rank, eps 0
+    config = tiny_config(image_tree, tmp_path / "run", method="wmse", projector="32,4", **options)
+    with pytest.raises(CollapseError, match="embedding became singular .*at step 0.*No checkpoint"):
+        pretrain.train(config)
+
+
 def test_data_workers_end_with_the_run_however_it_ends(image_tree: Path, tmp_path: Path):
     # The workers ignore stop signals, so multiprocessing cannot end one left running at exit: the
     # process then waited for them forever (a study hung after writing its results)
