@@ -83,7 +83,7 @@ class Config:
     )
     warmup_epochs: float = _key(2.0, "linear warm-up epochs")
     final_lr_ratio: float = _key(0.001, "the cosine schedule ends at this fraction of the peak lr")
-    optimizer: str = _key("sgd", "sgd (momentum 0.9, the official) | lars")
+    optimizer: str = _key("sgd", "sgd (momentum 0.9, the official) | lars | adam (W-MSE's)")
     max_steps: int | None = _key(None, "stop after this many steps (tests, smoke runs); none: run all epochs")
     # Runtime
     device: str = _key("auto", "auto | cpu | cuda")
@@ -295,7 +295,7 @@ def validate(config: Config) -> None:
         "augment": ("cifar", "imagenet", "multicrop"),
         "backbone": ("resnet18", "resnet50"),
         "stem": ("cifar", "imagenet"),
-        "optimizer": ("sgd", "lars"),
+        "optimizer": ("sgd", "lars", "adam"),
         "device": ("auto", "cpu", "cuda"),
         "precision": ("auto", "bf16", "fp16", "fp32"),
         "knn_metric": ("cosine", "euclidean"),

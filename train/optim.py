@@ -67,6 +67,8 @@ def build_optimizer(model: nn.Module, probe: nn.Module, config: Config) -> torch
     lr = peak_lr(config)
     if config.optimizer == "lars":
         return LARS(groups, lr=lr)
+    if config.optimizer == "adam":  # W-MSE's official optimiser (L2 weight decay per group)
+        return torch.optim.Adam(groups, lr=lr)
     return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
 

@@ -105,6 +105,18 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     assert losses[1] < losses[0]
 
 
+def test_adam_keeps_each_groups_decay_and_the_probes_lr():
+    config = _config(optimizer="adam", lr=0.004, weight_decay=1e-6, probe_lr=0.1)
+    method = build_method(config)
+    optimizer = build_optimizer(method, torch.nn.Linear(1, 1), config)
+    assert isinstance(optimizer, torch.optim.Adam)
+    *model_groups, probe = optimizer.param_groups
+    assert probe["lr"] == 0.1 and probe["weight_decay"] == 0.0
+    assert {g["lr"] for g in model_groups} == {0.004 * 8 / 256}  # scaled with the batch, as every optimiser
+    expected = [g["weight_decay"] for g in parameter_groups(method, 1e-6, config.weight_decay_1d)]
+    assert [g["weight_decay"] for g in model_groups] == expected and 1e-6 in expected
+
+
 def test_augmentations():
     image = Image.new("RGB", (40, 36), (120, 30, 200))
     cifar = build_views("cifar", 32)(image)
