@@ -25,7 +25,9 @@ def test_quick_run_writes_a_stable_json_csv_and_plot(tmp_path, capsys):
     paths = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "png")}
     assert (
         main(
-            ["--quick", "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"])]
+            # one small shape: each torch.compile of the baseline costs seconds (--quick compiles 8)
+            ["--shapes", "64x128", "--axis", "0", "--repeats", "3", "--json", str(paths["json"]),
+             "--csv", str(paths["csv"]), "--plot", str(paths["png"])]  # fmt: skip
         )
         == 0
     )
