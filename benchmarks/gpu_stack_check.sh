@@ -4,7 +4,7 @@
 # 3.12 there) in a venv layered over the main one (.ci/layered-venv). Builds the extension against
 # torch 2.11 in a clean clone of HEAD (CUDA for sm_90 when nvcc exists, as gpu_check.sh does) and
 # runs the whole test suite there: on CPU, with the Triton kernels interpreted and compiled for
-# sm_90/sm_80 by Triton 3.6.
+# sm_90 by Triton 3.6 (sm_80 is the main suite's, under Triton 3.8).
 #
 #   bash benchmarks/gpu_stack_check.sh [MAIN_PYTHON]   (default: python3 on the PATH)
 #
