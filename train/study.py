@@ -161,7 +161,7 @@ def run_pretrain(spec: RunSpec, base: list[str], out: Path, fraction: float) -> 
     diverged = None
     try:
         stopped = pretrain.train(config)["stopped"]
-    except CollapseError as error:  # a non-finite loss: the run is over, and collapsed
+    except CollapseError as error:  # diverged (non-finite, or too singular to whiten): over, collapsed
         diverged, stopped = str(error), None
     if stopped:  # preempted: checkpointed but unfinished, so no record (the next invocation resumes)
         raise StudyStopped(f"{spec.name} stopped by {stopped}")
