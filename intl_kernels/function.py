@@ -278,7 +278,7 @@ def power_whitening(
 
     Args:
         x: (N, D) embeddings, any floating dtype (Gram matrix in fp32, or fp64 for fp64 input; the
-            small eigendecomposition in `backends.eigen.EIGH_DTYPE`).
+            small eigendecomposition's dtype as `backends.eigen.spectrum` chooses).
         p: the power, a finite real >= 0.
         axis: 0 whitens the N x N covariance over samples, 1 the D x D covariance over features.
         eps: added to the covariance diagonal.

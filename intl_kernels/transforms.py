@@ -52,6 +52,11 @@ class Transformation(ABC):
     def normalised_map(self, u: Tensor) -> Tensor:
         """`h(u)` on normalised eigenvalues u = λ / tr >= 0 (0 where u is null)."""
 
+    @abstractmethod
+    def divided_differences(self, u: Tensor) -> Tensor:
+        """The (..., n, n) matrix of h's divided differences `h[u_i, u_j]` over eigenvalues u (..., n),
+        `h'(u_i)` where they are equal: what the eigendecomposition backward needs."""
+
     def __str__(self) -> str:
         return f"{self.key[0]}:{self.key[1]:g}"
 
@@ -81,7 +86,12 @@ class IterNormTransform(Transformation):
             f = 1.5 * f - 0.5 * u * f**3
         return f
 
-    def divided_difference(self, a: Tensor, b: Tensor) -> Tensor:
+    def divided_differences(self, u: Tensor) -> Tensor:
+        """The (..., n, n) matrix of `f_T[u_i, u_j]` for eigenvalues u (..., n): `_divided_difference`
+        (f_T is smooth at 0, so null eigenvalues take the same rule)."""
+        return self._divided_difference(u[..., :, None], u[..., None, :])
+
+    def _divided_difference(self, a: Tensor, b: Tensor) -> Tensor:
         """`(f_T(a) - f_T(b)) / (a - b)`, `f_T'(a)` where a == b, by a recursion without cancellation.
 
         With `D_k` the divided difference of f_k, `x^3 - y^3 = (x - y)(x^2 + xy + y^2)` and
@@ -136,18 +146,27 @@ class PowerTransform(Transformation):
     def key(self) -> tuple[str, float]:
         return (self.kind, self.p)
 
-    def divided_difference(self, a: Tensor, b: Tensor) -> Tensor:
-        """`(h(a) - h(b)) / (a - b)` for a, b > 0, `h'(a)` where a == b, without cancellation.
+    def divided_differences(self, u: Tensor) -> Tensor:
+        """The (..., n, n) matrix of `h[u_i, u_j] = (h(u_i) - h(u_j)) / (u_i - u_j)` for eigenvalues
+        u (..., n), `h'(u_i)` where they are equal, without cancellation.
 
-        With a >= b and L = log(b / a) <= 0 it is `a^(-p-1) expm1(-p L) / expm1(L)`: both expm1
-        are accurate for tiny L, where the plain quotient loses every digit.
+        With a >= b > 0 and L = log(b / a) <= 0 it is `a^(-p-1) expm1(-p L) / expm1(L)`: both expm1
+        are accurate for tiny L, where the plain quotient loses every digit. Null eigenvalues map
+        to 0 (`normalised_map`): between a null one and u > 0 the quotient is `h(u) / u = u^(-p-1)`,
+        between two null ones 0. Logarithms and powers are taken per eigenvalue, not per pair.
         """
-        high, low = torch.maximum(a, b), torch.minimum(a, b)
-        log_ratio = low.log() - high.log()
-        ratio = torch.where(
-            log_ratio == 0, -self.p, torch.expm1(-self.p * log_ratio) / torch.expm1(log_ratio)
-        )
-        return high.pow(-self.p - 1) * ratio
+        positive = u > 0
+        safe = torch.where(positive, u, 1.0)  # keeps the unused branches finite
+        log_u = safe.log()
+        log_ratio = -(log_u[..., :, None] - log_u[..., None, :]).abs()
+        quotient = torch.expm1(-self.p * log_ratio) / torch.expm1(log_ratio)
+        ratio = torch.where(log_ratio == 0, -self.p, quotient)
+        both = positive[..., :, None] & positive[..., None, :]
+        either = positive[..., :, None] | positive[..., None, :]
+        ratio = torch.where(both, ratio, either.to(ratio.dtype))
+        scale = safe.pow(-self.p - 1)
+        larger = torch.where(u[..., :, None] >= u[..., None, :], scale[..., :, None], scale[..., None, :])
+        return larger * ratio
 
     def normalised_map(self, u: Tensor) -> Tensor:
         positive = u > 0

@@ -122,6 +122,26 @@ def test_power_float32_within_1e5_of_float64(backend, axis, shape):
     assert_close(grad_x, ref_grad, 1e-5)
 
 
+@pytest.mark.parametrize(
+    ("decades", "dtype", "decompositions"),
+    [
+        (0.5, torch.float32, [torch.float32]),  # condition number 10
+        (2.0, torch.float32, [torch.float32, torch.float64]),  # 1e4: over FP32_CONDITION_LIMIT
+        (0.5, torch.float64, [torch.float64]),
+    ],
+)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_the_eigendecomposition_dtype_follows_the_condition_number(
+    monkeypatch, decades, dtype, decompositions, axis
+):
+    # fp32 only where it is as accurate as the rest of an fp32 computation (backends/eigen.py).
+    x = _batch_with_spectrum(torch.logspace(0, -decades, 24).tolist(), 96).to(dtype)
+    seen, eigh = [], torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m: seen.append(m.dtype) or eigh(m))
+    power_whitening(x if axis == 1 else x.T, 0.5, axis, backend="torch")
+    assert seen == decompositions
+
+
 @pytest.mark.parametrize("backend", POWER_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("axis", [0, 1])

@@ -3,14 +3,15 @@
 Forward: `Sn = U diag(u) U^T`, `h(Sn) = U diag(h(u)) U^T`. Backward (Daleckii-Krein): for the
 symmetric gradient G of h(Sn), `grad Sn = U (F o (U^T G U)) U^T` with `F_ij = h[u_i, u_j]`, the
 divided differences of h (its derivative where eigenvalues coincide), which the transformation
-evaluates without cancellation. Unlike autograd through `eigh` nothing divides by `u_i - u_j`, so
-repeated and close eigenvalues are exact.
+evaluates without cancellation (`divided_differences`). Unlike autograd through `eigh` nothing
+divides by `u_i - u_j`, so repeated and close eigenvalues are exact.
 
 Null eigenvalues (pseudo-inverse semantics): with eps = 0, eigenvalues at or below
 `transforms.null_threshold` are rounding noise of a singular covariance (centring alone leaves one) and are
 set to 0. For a power function h is 0 there and so is its divided difference with another null
 eigenvalue; between a null and a positive eigenvalue u, `F = (h(u) - 0) / u`. IterNorm's
-polynomial f_T is smooth at 0 and takes its divided difference everywhere.
+polynomial f_T is smooth at 0 and takes its divided difference everywhere. Each transformation's
+`divided_differences` carries its own rule, so one backward serves all.
 """
 
 from __future__ import annotations
@@ -18,25 +19,63 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from intl_kernels.transforms import IterNormTransform, PowerTransform, Transformation, null_threshold
+from intl_kernels.transforms import Transformation, null_threshold
 
-# The eigendecomposition's dtype: fp64 for every input, chosen from measurements (docs/spectral.md):
-# fp32 eigh loses the small eigenvalues that a power function amplifies.
-EIGH_DTYPE = torch.float64
+# The eigendecomposition runs in fp32 where that is as accurate as the rest of an fp32 computation,
+# in fp64 elsewhere; the matrices around it (h(Sn), the backward's products) are in the Gram
+# matrix's dtype either way. Measured by benchmarks/spectral_study.py (docs/spectral.md): rounding
+# U and diag(u) of an fp64 eigh to fp32 costs nothing against fp64 throughout; an fp32 eigh keeps
+# ZCA's output and gradient errors within 3.2e-6 up to a condition number of 100, and is 4-25x
+# less accurate than fp64 above it, where power functions amplify what it loses.
+FP32_CONDITION_LIMIT = 100.0
 
 
 def spectrum(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (null ones 0) and eigenvectors of the symmetric `sn` (g, n, n), in EIGH_DTYPE.
+    """Eigenvalues (null ones 0) and eigenvectors of the symmetric `sn` (g, n, n), in `sn`'s dtype.
 
     `shift` (g, 1, 1), the eps / trace on `sn`'s diagonal, or None: null eigenvalues are judged
-    without it (the shifted ones are then exactly the shift).
+    without it (the shifted ones are then exactly the shift). An fp32 `sn` on the CPU is first
+    decomposed in fp32, and again in fp64 when any group's non-null spectrum has a condition number
+    above FP32_CONDITION_LIMIT; elsewhere in fp64 directly (on CUDA the trade is not measured:
+    no GPU run of the power transformation exists yet).
     """
-    u, vectors = torch.linalg.eigh(sn.to(EIGH_DTYPE))
-    raw = u if shift is None else u - shift[..., 0].to(EIGH_DTYPE)
-    null = raw <= null_threshold(raw, sn.dtype)
+    if torch.compiler.is_compiling():
+        return _spectrum_op(sn, shift)
+    return _spectrum(sn, shift)
+
+
+def _spectrum(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
+    if sn.dtype != torch.float64 and sn.device.type == "cpu":
+        u, vectors = _decomposition(sn, shift, sn.dtype)
+        positive = torch.where(u > 0, u, torch.inf)
+        condition = u.amax(-1) / positive.amin(-1)
+        if bool((condition <= FP32_CONDITION_LIMIT).all()):
+            return u, vectors
+    u, vectors = _decomposition(sn.to(torch.float64), shift, sn.dtype)
+    return u.to(sn.dtype), vectors.to(sn.dtype)
+
+
+# Under torch.compile the decomposition is one opaque operator: its choice of dtype reads the
+# spectrum on the host, which a graph cannot, so compiled and eager calls take the same path. Eager
+# calls skip the operator's dispatch cost.
+@torch.library.custom_op("intl_kernels_eigen::spectrum", mutates_args=())
+def _spectrum_op(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
+    return _spectrum(sn, shift)
+
+
+@_spectrum_op.register_fake
+def _spectrum_fake(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
+    return sn.new_empty(sn.shape[:-1]), torch.empty_like(sn)
+
+
+def _decomposition(matrix: Tensor, shift: Tensor | None, gram_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """`spectrum` in `matrix`'s dtype; null eigenvalues are rounding noise of `gram_dtype`."""
+    u, vectors = torch.linalg.eigh(matrix)
+    raw = u if shift is None else u - shift[..., 0].to(matrix.dtype)
+    null = raw <= null_threshold(raw, gram_dtype)
     u = torch.where(null, 0.0, raw)
     if shift is not None:
-        u = u + shift[..., 0].to(EIGH_DTYPE)
+        u = u + shift[..., 0].to(matrix.dtype)
     return u, vectors
 
 
@@ -47,38 +86,13 @@ def spectral_forward(
     eigenvectors) for backward when `keep`."""
     u, vectors = spectrum(sn, shift)
     h = transform.normalised_map(u)
-    out = (vectors * h[..., None, :]) @ vectors.mT
-    return out.to(sn.dtype), ([u, vectors] if keep else [])
+    return (vectors * h[..., None, :]) @ vectors.mT, ([u, vectors] if keep else [])
 
 
-def power_backward(sn: Tensor, saved: list[Tensor], grad_h: Tensor, transform: PowerTransform) -> Tensor:
-    """Gradient with respect to `sn` from the symmetric gradient of `h(Sn)` (Daleckii-Krein)."""
+def spectral_backward(sn: Tensor, saved: list[Tensor], grad_h: Tensor, transform: Transformation) -> Tensor:
+    """Gradient with respect to `sn` from the symmetric gradient of `h(Sn)`: `U (F o (U^T G U)) U^T`
+    (Daleckii-Krein) with the transformation's divided differences F, in `sn`'s dtype as every
+    operand."""
     u, vectors = saved
-    ui, uj = u[..., :, None], u[..., None, :]
-    positive_i, positive_j = ui > 0, uj > 0
-    h = transform.normalised_map(u)
-    hi, hj = h[..., :, None], h[..., None, :]
-    both = positive_i & positive_j
-    safe = torch.ones_like(ui)  # keeps the unused branches of `where` finite
-    divided = transform.divided_difference(torch.where(both, ui, safe), torch.where(both, uj, safe))
-    one_null = torch.where(
-        positive_i, hi / torch.where(positive_i, ui, safe), hj / torch.where(positive_j, uj, safe)
-    )
-    f = torch.where(both, divided, torch.where(positive_i | positive_j, one_null, 0.0))
-    return _daleckii_krein(sn, vectors, f, grad_h)
-
-
-def polynomial_backward(
-    sn: Tensor, saved: list[Tensor], grad_h: Tensor, transform: IterNormTransform
-) -> Tensor:
-    """Gradient with respect to `sn` for IterNorm's polynomial `f_T` (smooth at 0, so null
-    eigenvalues need no special case: every entry is the polynomial's divided difference)."""
-    u, vectors = saved
-    f = transform.divided_difference(u[..., :, None], u[..., None, :])
-    return _daleckii_krein(sn, vectors, f, grad_h)
-
-
-def _daleckii_krein(sn: Tensor, vectors: Tensor, f: Tensor, grad_h: Tensor) -> Tensor:
-    """`U (F o (U^T G U)) U^T` in `sn`'s dtype."""
-    inner = vectors.mT @ grad_h.to(EIGH_DTYPE) @ vectors
-    return (vectors @ (f * inner) @ vectors.mT).to(sn.dtype)
+    inner = vectors.mT @ grad_h @ vectors
+    return vectors @ (transform.divided_differences(u) * inner) @ vectors.mT

@@ -145,9 +145,9 @@ def newton_matrix_function(newton: Callable, newton_backward: Callable) -> Matri
 # The matrix functions of the portable backend, by transformation kind.
 MATRIX_FUNCTIONS = {
     "iternorm": newton_matrix_function(newton, newton_backward),
-    "power": MatrixFunction(forward=eigen.spectral_forward, backward=eigen.power_backward),
+    "power": MatrixFunction(forward=eigen.spectral_forward, backward=eigen.spectral_backward),
     # The same polynomial as "iternorm", on the eigenvalues: stable for any T (transforms.py).
-    "iternorm_spectral": MatrixFunction(forward=eigen.spectral_forward, backward=eigen.polynomial_backward),
+    "iternorm_spectral": MatrixFunction(forward=eigen.spectral_forward, backward=eigen.spectral_backward),
 }
 
 
