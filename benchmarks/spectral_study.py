@@ -174,7 +174,7 @@ def main() -> None:
             for c in (1e1, 1e2, 3e2, 1e3, 1e4)
         ],
         "speed_by_condition": [
-            speed_by_condition(256, 2048, c, args.repeats, generator) for c in (0, 1e2, 1e3, 1e4)
+            speed_by_condition(256, 2048, c, args.repeats, generator) for c in (0, 1e1, 1e3, 1e4)
         ],
         "repeated_eigenvalues": repeated_gradients(generator),
     }

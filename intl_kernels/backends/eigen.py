@@ -24,8 +24,8 @@ from intl_kernels.transforms import Transformation, null_threshold
 # The eigendecomposition runs in fp32 where that is as accurate as the rest of an fp32 computation,
 # in fp64 elsewhere; the matrices around it (h(Sn), the backward's products) are in the Gram
 # matrix's dtype either way. Measured by benchmarks/spectral_study.py (docs/spectral.md): rounding
-# U and diag(u) of an fp64 eigh to fp32 costs nothing against fp64 throughout; an fp32 eigh keeps
-# ZCA's output and gradient errors within 3.2e-6 up to a condition number of 100, and is 4-25x
+# U and diag(u) of an fp64 eigh to fp32 stays within 1.3x of fp64 throughout; an fp32 eigh keeps
+# ZCA's output and gradient errors within 3.0e-6 up to a condition number of 100, and is 3-14x
 # less accurate than fp64 above it, where power functions amplify what it loses.
 FP32_CONDITION_LIMIT = 100.0
 
