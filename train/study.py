@@ -56,6 +56,8 @@ STUDY_DIR = Path(__file__).parent / "studies"
 
 class StudyStopped(Exception):
     """A stop signal ended a run early; its checkpoint is written and the same command resumes."""
+
+
 DEFAULT_COLLAPSE_FRACTION = 0.05
 
 

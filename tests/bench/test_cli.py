@@ -23,14 +23,9 @@ META_KEYS = {"command", "date", "intl_kernels", "torch", "python", "device", "cp
 def test_quick_run_writes_a_stable_json_csv_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="--plot draws with matplotlib")
     paths = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "png")}
-    assert (
-        main(
-            # one small shape: each torch.compile of the baseline costs seconds (--quick compiles 8)
-            ["--shapes", "64x128", "--axis", "0", "--repeats", "3", "--json", str(paths["json"]),
-             "--csv", str(paths["csv"]), "--plot", str(paths["png"])]  # fmt: skip
-        )
-        == 0
-    )
+    # One small shape: each torch.compile of the baseline costs seconds (--quick compiles 8).
+    outputs = ["--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"])]
+    assert main(["--shapes", "64x128", "--axis", "0", "--repeats", "3", *outputs]) == 0
     data = json.loads(paths["json"].read_text())
     assert set(data["meta"]) == META_KEYS
     timed = [row for row in data["rows"] if "skipped" not in row]
