@@ -10,7 +10,15 @@ from typing import Any
 
 
 class CollapseError(RuntimeError):
-    """The representation collapsed (NaN loss or effective rank near 1); the run stops."""
+    """The representation collapsed (NaN loss or effective rank near 1); the run stops.
+
+    `step`: the optimiser steps the run had taken when it stopped, for callers that record the run
+    (a study) even where no checkpoint was written yet.
+    """
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class Metrics:

@@ -152,7 +152,9 @@ _DIVERGED = {
 
 
 def _diverged(what: str, step: int, path: Path, saved_step: int | None) -> CollapseError:
-    return CollapseError(f"{what} at step {step}; stopping. {_last_good(path, saved_step).capitalize()}")
+    return CollapseError(
+        f"{what} at step {step}; stopping. {_last_good(path, saved_step).capitalize()}", step
+    )
 
 
 def _checkpoint_state(
@@ -373,7 +375,8 @@ def _train(
                         f"the embedding collapsed: effective rank {entry['rank_before']:.2f} < "
                         f"{collapse_at:g} (collapse_rank {config.collapse_rank:g}, at most the rank a "
                         f"batch of {loader.batch_size} can reach) after epoch "
-                        f"{finished_epoch}; {_last_good(checkpoint_path, saved_step)}"
+                        f"{finished_epoch}; {_last_good(checkpoint_path, saved_step)}",
+                        step,
                     )
             if config.knn_every and (finished_epoch % config.knn_every == 0 or step >= last_step):
                 knn_monitor(finished_epoch)

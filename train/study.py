@@ -160,11 +160,11 @@ def run_pretrain(spec: RunSpec, base: list[str], out: Path, fraction: float) -> 
         ]
     )
     start = time.time()
-    diverged = None
+    diverged, diverged_at = None, None
     try:
         stopped = pretrain.train(config)["stopped"]
     except CollapseError as error:  # diverged (non-finite, or too singular to whiten): over, collapsed
-        diverged, stopped = str(error), None
+        diverged, diverged_at, stopped = str(error), error.step, None
     if stopped:  # preempted: checkpointed but unfinished, so no record (the next invocation resumes)
         raise StudyStopped(f"{spec.name} stopped by {stopped}")
     state = (
@@ -181,7 +181,8 @@ def run_pretrain(spec: RunSpec, base: list[str], out: Path, fraction: float) -> 
         "seed": spec.seed,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
-        "steps": state["step"] if state else 0,
+        # A diverged run's own count: its last checkpoint (if any) is from before the divergence.
+        "steps": diverged_at if diverged_at is not None else state["step"] if state else 0,
         "knn_top1": None,
         "time_s": None,
     }
@@ -398,7 +399,8 @@ def plot(study: dict[str, Any], path: Path) -> None:
     left.set(title="effective rank of the embedding", xlabel=xlabel)
     middle.set(title="final embedding spectrum", xlabel="index", ylabel="eigenvalue / trace")
     right.set(title="final transformed spectrum", xlabel="index", ylabel="eigenvalue / trace")
-    left.legend(fontsize=6)
+    if left.lines:  # a study of diverged runs only has no history to draw
+        left.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

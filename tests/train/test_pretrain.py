@@ -44,12 +44,14 @@ def test_collapse_stops_the_run_with_a_clear_message(image_tree: Path, tmp_path:
     # collapse_rank 1e9 is capped at 7, the highest effective rank a batch of 8 can reach
     with pytest.raises(
         CollapseError, match="effective rank [0-9.]+ < 7 .*after epoch 1; no checkpoint was written yet"
-    ):
+    ) as collapsed:
         pretrain.train(tiny_config(image_tree, tmp_path / "run", collapse_rank=1e9))
     assert not (tmp_path / "run" / "last.pt").exists()
+    assert collapsed.value.step == 4  # 32 images, 8 per step: the whole first epoch
     # lr nan: the first step's loss is finite, then the weights are NaN and so is the embedding
-    with pytest.raises(CollapseError, match="embedding became non-finite at step 1.*No checkpoint"):
+    with pytest.raises(CollapseError, match="embedding became non-finite at step 1.*No checkpoint") as nan:
         pretrain.train(tiny_config(image_tree, tmp_path / "nan", lr=float("nan")))
+    assert nan.value.step == 1
 
 
 def test_a_covariance_too_singular_to_whiten_is_a_collapse(image_tree: Path, tmp_path: Path, monkeypatch):

@@ -87,3 +87,15 @@ def test_the_toy_embedding_is_centred_with_the_spectrum_it_is_asked_for():
     assert z.mean(0).abs().max() < 1e-12  # centring leaves it as it is: the whitening sees this spectrum
     asked = torch.arange(1, 9, dtype=torch.float64).pow(-1.5)
     torch.testing.assert_close(torch.linalg.svdvals(z - z.mean(0)), asked, rtol=1e-10, atol=0)
+
+
+def test_a_diverged_run_is_recorded_as_collapsed_with_the_step_it_diverged_at(
+    image_tree: Path, tmp_path: Path
+):
+    path = _tiny_study(image_tree, tmp_path / "tiny.yaml")
+    spec = yaml.safe_load(path.read_text())
+    spec["runs"] = [{"method": "intl", "settings": {"lr": float("nan")}}]  # NaN weights after step 1
+    path.write_text(yaml.safe_dump(spec))
+    (record,) = study.run_study(str(path), tmp_path / "study", None, None, {})["runs"]
+    assert record["collapsed"] and "non-finite at step 1" in record["diverged"]
+    assert record["steps"] == 1 and record["knn_top1"] is None  # no checkpoint was written
