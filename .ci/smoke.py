@@ -1,8 +1,8 @@
 """The installed package's smoke test, run from outside the checkout (CI: .ci/release-check).
 
 Imports intl_kernels from site-packages, requires the compiled "cpp" backend to load, and whitens a
-fresh random batch with it and with the "torch" backend: both must agree with the float64
-reference. Exits non-zero, naming the failure, otherwise.
+fresh random batch with it and with the "torch" backend, by IterNorm and by ZCA (power 0.5): all
+must agree with the float64 reference. Exits non-zero, naming the failure, otherwise.
 
     python .ci/smoke.py [REPO_ROOT]   (REPO_ROOT: the checkout the package must not come from)
 """
@@ -32,6 +32,11 @@ for axis in (0, 1):
         error = ((out - expected).norm() / expected.norm()).item()
         if not error < 1e-10:
             sys.exit(f"backend {backend!r}, axis {axis}: relative error {error:.3g} against the reference")
+    # The power transformation registers its own operator (the eigendecomposition) at import.
+    expected = intl_kernels.power_whitening(x, 0.5, axis, backend="reference")
+    error = ((intl_kernels.power_whitening(x, 0.5, axis) - expected).norm() / expected.norm()).item()
+    if not error < 1e-10:
+        sys.exit(f"power_whitening, axis {axis}: relative error {error:.3g} against the reference")
 
 from intl_kernels import _C  # noqa: E402
 
