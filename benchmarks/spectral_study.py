@@ -6,7 +6,7 @@ eigenvalues repeat, measured against float64.
 1. eigh dtype: the time of `torch.linalg.eigh` of an n x n matrix in fp32 and fp64; the error of
    `power_whitening(p=0.5)` of fp32 batches (output and input gradient, relative norm-wise,
    against the whole computation in float64) with the decomposition forced to fp32 and to fp64
-   (`backends.eigen.FP32_CONDITION_LIMIT` set to inf and to 0), and as the package chooses, on
+   (`backends.eigen.FP32_CONDITION_LIMITS["power"]` set to inf and to 0), and as the package chooses, on
    spectra of growing condition number, at both axes; and the forward + backward time of the
    package's choice against the baseline a user would write (autograd through `eigh` in the
    original space, the "reference" backend) on those batches, where the choice changes.
@@ -35,17 +35,18 @@ from intl_kernels import power_whitening
 from intl_kernels.backends import eigen
 from intl_kernels.bench.timing import time_interleaved
 
-# The decomposition dtypes the study compares, as settings of the package's rule.
+# The decomposition dtypes the study compares, as settings of the package's rule for "power".
 FORCED = {"float32": math.inf, "float64": 0.0}
 
 
 @contextlib.contextmanager
 def condition_limit(limit: float) -> Iterator[None]:
-    saved, eigen.FP32_CONDITION_LIMIT = eigen.FP32_CONDITION_LIMIT, limit
+    saved = eigen.FP32_CONDITION_LIMITS["power"]
+    eigen.FP32_CONDITION_LIMITS["power"] = limit
     try:
         yield
     finally:
-        eigen.FP32_CONDITION_LIMIT = saved
+        eigen.FP32_CONDITION_LIMITS["power"] = saved
 
 
 def batch_with_spectrum(
@@ -98,7 +99,7 @@ def eigh_accuracy(p: int, q: int, axis: int, condition: float, generator: torch.
     whiten = lambda t: power_whitening(t, 0.5, axis=axis)  # noqa: E731
     expected = _output_and_gradient(whiten, x, grad)
     row: dict[str, Any] = {"p": p, "q": q, "axis": axis, "condition": condition}
-    for name, limit in (*FORCED.items(), ("chosen", eigen.FP32_CONDITION_LIMIT)):
+    for name, limit in (*FORCED.items(), ("chosen", eigen.FP32_CONDITION_LIMITS["power"])):
         with condition_limit(limit):
             out, grad_x = _output_and_gradient(whiten, x.float(), grad.float())
         row[f"output_error_{name}"] = _relative(out, expected[0])
@@ -167,7 +168,7 @@ def main() -> None:
             "seed": args.seed,
         },
         "eigh_seconds": {str(n): eigh_times(n, args.repeats) for n in (64, 256)},
-        "fp32_condition_limit": eigen.FP32_CONDITION_LIMIT,
+        "fp32_condition_limit": eigen.FP32_CONDITION_LIMITS["power"],
         "eigh_accuracy": [
             eigh_accuracy(p, q, axis, c, generator)
             for p, q, axis in ((256, 1024, 1), (2048, 256, 1), (256, 2048, 0))

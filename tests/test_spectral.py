@@ -126,7 +126,7 @@ def test_power_float32_within_1e5_of_float64(backend, axis, shape):
     ("decades", "dtype", "decompositions"),
     [
         (0.5, torch.float32, [torch.float32]),  # condition number 10
-        (2.0, torch.float32, [torch.float32, torch.float64]),  # 1e4: over FP32_CONDITION_LIMIT
+        (2.0, torch.float32, [torch.float32, torch.float64]),  # 1e4: over the limit for "power"
         (0.5, torch.float64, [torch.float64]),
     ],
 )
@@ -140,6 +140,10 @@ def test_the_eigendecomposition_dtype_follows_the_condition_number(
     monkeypatch.setattr(torch.linalg, "eigh", lambda m: seen.append(m.dtype) or eigh(m))
     power_whitening(x if axis == 1 else x.T, 0.5, axis, backend="torch")
     assert seen == decompositions
+    # The spectral IterNorm form is there for accuracy at large T: fp64 whatever the spectrum.
+    seen.clear()
+    iternorm(x if axis == 1 else x.T, axis=axis, iterations=20, evaluation="spectral")
+    assert seen == [torch.float64]
 
 
 @pytest.mark.parametrize("backend", POWER_BACKENDS)

@@ -23,33 +23,41 @@ from intl_kernels.transforms import Transformation, null_threshold
 
 # The eigendecomposition runs in fp32 where that is as accurate as the rest of an fp32 computation,
 # in fp64 elsewhere; the matrices around it (h(Sn), the backward's products) are in the Gram
-# matrix's dtype either way. Measured by benchmarks/spectral_study.py (docs/spectral.md): rounding
-# U and diag(u) of an fp64 eigh to fp32 stays within 1.3x of fp64 throughout; an fp32 eigh keeps
-# ZCA's output and gradient errors within 3.0e-6 up to a condition number of 100, and is 3-14x
-# less accurate than fp64 above it, where power functions amplify what it loses.
-FP32_CONDITION_LIMIT = 100.0
+# matrix's dtype either way. By transformation kind, the largest condition number of the non-null
+# spectrum at which fp32 is used, measured (docs/spectral.md):
+# - power: by benchmarks/spectral_study.py, rounding U and diag(u) of an fp64 eigh to fp32 stays
+#   within 1.3x of fp64 throughout; an fp32 eigh keeps ZCA's output and gradient errors within
+#   3.0e-6 up to a condition number of 100, and is 3-14x less accurate than fp64 above it, where
+#   power functions amplify what it loses.
+# - iternorm_spectral: never (absent). Its point is accuracy at any T, and f_T(0) = 1.5^T amplifies
+#   the rounding of the near-null directions, which the condition number of the non-null spectrum
+#   does not see: benchmarks/newton_stability.py measured an fp32 eigh 3-10x less accurate on a
+#   singular covariance at T = 12-30 (at commit a326f5c, which used the power rule for it).
+FP32_CONDITION_LIMITS = {"power": 100.0}
 
 
-def spectrum(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (null ones 0) and eigenvectors of the symmetric `sn` (g, n, n), in `sn`'s dtype.
+def spectrum(sn: Tensor, shift: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (null ones 0) and eigenvectors of the symmetric `sn` (g, n, n), in `sn`'s dtype,
+    for the matrix function of transformation `kind`.
 
     `shift` (g, 1, 1), the eps / trace on `sn`'s diagonal, or None: null eigenvalues are judged
     without it (the shifted ones are then exactly the shift). An fp32 `sn` on the CPU is first
-    decomposed in fp32, and again in fp64 when any group's non-null spectrum has a condition number
-    above FP32_CONDITION_LIMIT; elsewhere in fp64 directly (on CUDA the trade is not measured:
-    no GPU run of the power transformation exists yet).
+    decomposed in fp32 when `kind` is in FP32_CONDITION_LIMITS, and again in fp64 when any group's
+    non-null spectrum has a condition number above its limit; elsewhere in fp64 directly (on CUDA
+    the trade is not measured: no GPU run of the power transformation exists yet).
     """
+    limit = FP32_CONDITION_LIMITS.get(kind, 0.0) if sn.device.type == "cpu" else 0.0
     if torch.compiler.is_compiling():
-        return _spectrum_op(sn, shift)
-    return _spectrum(sn, shift)
+        return _spectrum_op(sn, shift, limit)
+    return _spectrum(sn, shift, limit)
 
 
-def _spectrum(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-    if sn.dtype != torch.float64 and sn.device.type == "cpu":
+def _spectrum(sn: Tensor, shift: Tensor | None, limit: float) -> tuple[Tensor, Tensor]:
+    if sn.dtype != torch.float64 and limit > 0:
         u, vectors = _decomposition(sn, shift, sn.dtype)
         positive = torch.where(u > 0, u, torch.inf)
         condition = u.amax(-1) / positive.amin(-1)
-        if bool((condition <= FP32_CONDITION_LIMIT).all()):
+        if bool((condition <= limit).all()):
             return u, vectors
     u, vectors = _decomposition(sn.to(torch.float64), shift, sn.dtype)
     return u.to(sn.dtype), vectors.to(sn.dtype)
@@ -59,12 +67,12 @@ def _spectrum(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
 # spectrum on the host, which a graph cannot, so compiled and eager calls take the same path. Eager
 # calls skip the operator's dispatch cost.
 @torch.library.custom_op("intl_kernels_eigen::spectrum", mutates_args=())
-def _spectrum_op(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-    return _spectrum(sn, shift)
+def _spectrum_op(sn: Tensor, shift: Tensor | None, limit: float) -> tuple[Tensor, Tensor]:
+    return _spectrum(sn, shift, limit)
 
 
 @_spectrum_op.register_fake
-def _spectrum_fake(sn: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
+def _spectrum_fake(sn: Tensor, shift: Tensor | None, limit: float) -> tuple[Tensor, Tensor]:
     return sn.new_empty(sn.shape[:-1]), torch.empty_like(sn)
 
 
@@ -84,7 +92,7 @@ def spectral_forward(
 ) -> tuple[Tensor, list[Tensor]]:
     """`h(Sn) = U diag(h(u)) U^T` in `sn`'s dtype for any transformation's `h`, and (eigenvalues,
     eigenvectors) for backward when `keep`."""
-    u, vectors = spectrum(sn, shift)
+    u, vectors = spectrum(sn, shift, transform.kind)
     h = transform.normalised_map(u)
     return (vectors * h[..., None, :]) @ vectors.mT, ([u, vectors] if keep else [])
 
