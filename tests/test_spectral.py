@@ -3,6 +3,8 @@ eigendecompositions, their gradients (also where eigenvalues repeat), spectral_m
 
 from __future__ import annotations
 
+import decimal
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from intl_kernels import (
     power_whitening,
     spectral_map,
 )
+from intl_kernels.transforms import PowerTransform
 from tests.helpers import assert_close, assert_compiles_like_eager, forward_and_grad
 
 POWER_BACKENDS = [b for b in available_backends("cpu", transform="power") if b != "reference"]
@@ -105,6 +108,29 @@ def test_power_gradient_where_eigenvalues_repeat(backend, gap, p):
     if gap == 0.0:  # the map is smooth there: finite differences agree as well
         leaf = x.clone().requires_grad_(True)
         assert torch.autograd.gradcheck(lambda t: power_whitening(t, p, axis=1, backend=backend), (leaf,))
+
+
+def _exact_divided_difference(a: float, b: float, p: float) -> float:
+    """`h[a, b]` of h(u) = u^-p (0 at u = 0) in 50-digit decimal arithmetic from the exact binary
+    values, rounded to float64."""
+    with decimal.localcontext(prec=50):
+        x, y, power = decimal.Decimal(a), decimal.Decimal(b), decimal.Decimal(-p)
+        if x == y:
+            return float(power * x ** (power - 1)) if x > 0 else 0.0
+        hx, hy = (v**power if v > 0 else decimal.Decimal(0) for v in (x, y))
+        return float((hx - hy) / (x - y))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 1.0, 0.0])  # 0.5 has its own closed form
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-13), (torch.float32, 1e-5)])
+def test_power_divided_differences_on_ties_null_eigenvalues_and_gaps(p, dtype, rtol):
+    # Two null eigenvalues, a 3-fold tie, a near tie (8 fp32 units apart) and gaps of 4 decades.
+    values = [0.0, 0.0, 1e-4, 0.3, 0.3, 0.3, 0.5, 0.5 * (1 + 1e-6), 0.9, 2.0]
+    u = torch.tensor(values, dtype=dtype)
+    actual = PowerTransform(p).divided_differences(u[None])[0].double().numpy()
+    expected = np.array([[_exact_divided_difference(a, b, p) for b in u.tolist()] for a in u.tolist()])
+    error = np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-300)
+    assert np.all(np.where(expected == 0, actual == 0, error <= rtol)), error.max()
 
 
 @pytest.mark.parametrize("backend", POWER_BACKENDS)
