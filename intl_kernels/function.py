@@ -29,6 +29,7 @@ from intl_kernels.transforms import (
     Transformation,
 )
 from intl_kernels.validation import (
+    check_axis,
     check_float_tensor,
     check_groups,
     check_nonnegative_real,
@@ -219,8 +220,7 @@ def _batch_as_groups(x: Tensor, axis: int) -> Tensor:
     check_float_tensor(x, "x")
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (N samples, D features), got shape {tuple(x.shape)}")
-    if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+    check_axis(axis)
     if min(x.shape) < 2:
         raise ValueError(
             f"INTL whitening needs at least 2 samples and 2 features, got shape {tuple(x.shape)}"

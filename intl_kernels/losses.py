@@ -8,14 +8,9 @@ from collections.abc import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from intl_kernels.validation import check_float_tensor, check_same_device
+from intl_kernels.validation import check_axis, check_float_tensor, check_same_device
 
 __all__ = ["intl_loss", "intl_loss_terms", "intl_trade_off", "norm_mse_loss", "trace_loss"]
-
-
-def _check_axis(axis: int) -> None:
-    if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
 
 
 def trace_loss(z: Tensor, axis: int = 0) -> Tensor:
@@ -26,7 +21,7 @@ def trace_loss(z: Tensor, axis: int = 0) -> Tensor:
     `sum((d - 1)^2)`.
     """
     check_float_tensor(z, "z")
-    _check_axis(axis)
+    check_axis(axis)
     if z.dim() != 2 or min(z.shape) < 1:
         raise ValueError(f"z must be a non-empty 2-D (N, D) tensor, got shape {tuple(z.shape)}")
     rows = z.mT if axis == 0 else z
@@ -49,7 +44,7 @@ def norm_mse_loss(a: Tensor, b: Tensor) -> Tensor:
 
 def intl_trade_off(axis: int, batch_size: int, emb_dim: int) -> float:
     """The official beta of the trace loss: 0.01 (log2(batch) - 3) for axis 0, 0.01 (log2(D) - 3) for 1."""
-    _check_axis(axis)
+    check_axis(axis)
     size = batch_size if axis == 0 else emb_dim
     if size < 1:
         raise ValueError(f"batch_size and emb_dim must be positive, got {batch_size} and {emb_dim}")

@@ -11,6 +11,7 @@ from intl_kernels.dispatch import check_backend_name
 from intl_kernels.distributed import check_gather_argument, gather_batch, should_gather
 from intl_kernels.function import check_evaluation, iternorm, power_whitening, whiten_groups, whitening_matrix
 from intl_kernels.validation import (
+    check_axis,
     check_float_tensor,
     check_nonnegative_real,
     check_same_device,
@@ -18,11 +19,6 @@ from intl_kernels.validation import (
 )
 
 __all__ = ["CholeskyWhitening", "FusedIterNorm", "IterNorm", "PowerWhitening"]
-
-
-def _check_axis(axis: int) -> None:
-    if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
 
 
 def _global_batch(x: Tensor, gather: bool | str) -> Tensor:
@@ -51,7 +47,7 @@ class FusedIterNorm(nn.Module):
         evaluation: str = "newton",
     ) -> None:
         super().__init__()
-        _check_axis(axis)
+        check_axis(axis)
         check_settings(iterations, eps)
         check_evaluation(evaluation)
         check_backend_name(backend)
@@ -89,7 +85,7 @@ class PowerWhitening(nn.Module):
     ) -> None:
         super().__init__()
         check_nonnegative_real(p, "p")
-        _check_axis(axis)
+        check_axis(axis)
         check_nonnegative_real(eps, "eps")
         check_backend_name(backend)
         check_gather_argument(gather)
@@ -108,7 +104,7 @@ class CholeskyWhitening(nn.Module):
 
     def __init__(self, axis: int = 1, eps: float = 0.0, gather: bool | str = "auto") -> None:
         super().__init__()
-        _check_axis(axis)
+        check_axis(axis)
         check_nonnegative_real(eps, "eps")
         check_gather_argument(gather)
         self.axis, self.eps, self.gather = axis, eps, gather

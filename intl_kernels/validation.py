@@ -23,6 +23,12 @@ def check_float_tensor(x: Any, name: str) -> None:
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
 
 
+def check_axis(axis: Any) -> None:
+    """ValueError unless `axis` is 0 (whiten over samples) or 1 (over features)."""
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+
+
 def check_same_device(tensors: dict[str, Tensor]) -> None:
     """ValueError naming the tensors when they are not all on one device."""
     devices = {name: t.device for name, t in tensors.items()}
