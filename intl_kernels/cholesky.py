@@ -14,6 +14,7 @@ from torch import Tensor
 
 from intl_kernels.backends.torch_ops import compute_dtype
 from intl_kernels.function import _batch_as_groups, _groups_as_batch
+from intl_kernels.scaling import rescale
 from intl_kernels.validation import check_nonnegative_real
 
 __all__ = ["SingularCovarianceError", "cholesky_whitening"]
@@ -29,12 +30,17 @@ def cholesky_whitening(x: Tensor, axis: int = 1, eps: float = 0.0) -> Tensor:
     features, `out = xc L^{-T}`; axis 0 the N x N one over samples, `out = L^{-1} xc`.
 
     Raises SingularCovarianceError (a ValueError) when S is not positive definite (with eps = 0
-    whenever N <= D at axis 1: centring leaves a null eigenvalue), instead of returning NaN.
+    whenever N <= D at axis 1: centring leaves a null eigenvalue), instead of returning NaN, and
+    NonFiniteInputError (a ValueError) for an input with inf or NaN.
     Internal math in fp32 (fp64 for fp64 input); the result has `x`'s dtype. Checking S costs one
     host synchronisation, so under torch.compile the check breaks the graph there.
     """
     a = _batch_as_groups(x, axis)
     check_nonnegative_real(eps, "eps")
+    # Scale-invariant as ZCA is (S / c^2 = (L / c)(L / c)^T): the shared power-of-two rescaling
+    # keeps extreme magnitudes in range exactly, and rejects inf and NaN by name.
+    a, rescaling = rescale(a, float(eps))
+    eps = float(eps) if rescaling is None else rescaling.eps
     ac = a.to(compute_dtype(a.dtype))
     ac = ac - ac.mean(-1, keepdim=True)
     p, q = a.shape[-2:]

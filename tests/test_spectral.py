@@ -18,6 +18,7 @@ from intl_kernels import (
     power_whitening,
     spectral_map,
 )
+from intl_kernels.scaling import NonFiniteInputError
 from intl_kernels.transforms import PowerTransform
 from tests.helpers import assert_close, assert_compiles_like_eager, forward_and_grad
 
@@ -251,6 +252,12 @@ def test_cholesky_matches_numpy(axis, shape, eps, dtype):
     assert_close(out, _numpy_cholesky(x, axis, eps), 1e-12 if dtype == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_cholesky_whitens_extreme_magnitudes_as_unit_ones(scale):
+    x = torch.randn(20, 6)
+    assert_close(cholesky_whitening(x * scale), cholesky_whitening(x), 1e-5)
+
+
 def test_cholesky_whitens_and_has_gradients():
     x = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
     out = CholeskyWhitening()(x)
@@ -283,6 +290,8 @@ def test_cholesky_whitens_and_has_gradients():
         ),
         (lambda x: cholesky_whitening(x, axis=1, eps=float("nan")), ValueError, "eps must be a finite real"),
         (lambda x: cholesky_whitening(torch.full((9, 4), 1.0)), ValueError, "not positive definite"),
+        (lambda x: cholesky_whitening(x.T.contiguous().index_fill(0, torch.tensor([2]), float("nan"))),
+         NonFiniteInputError, "inf or NaN"),  # fmt: skip
         (lambda x: PowerWhitening(p=-1), ValueError, "p must be a finite real number >= 0"),
         (lambda x: PowerWhitening(gather="yes"), ValueError, "gather"),
         (lambda x: CholeskyWhitening(axis=-1), ValueError, "axis must be 0 or 1"),
