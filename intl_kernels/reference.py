@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from intl_kernels.backends.torch_ops import compute_dtype
 from intl_kernels.transforms import null_threshold
 
 __all__ = ["iternorm_reference", "power_groups_reference", "whiten_groups_reference"]
@@ -37,19 +38,21 @@ def whiten_groups_reference(a: Tensor, iterations: int, eps: float, ddof: int) -
 def power_groups_reference(a: Tensor, p: float, eps: float, ddof: int) -> Tensor:
     """Power whitening `U diag(λ^-p) U^T @ ac` of groups `a` (g, p, q), as a user would write it:
     autograd through `torch.linalg.eigh` of the covariance in the original p x p space, in the
-    input's dtype. Null eigenvalues follow the library's rule (`transforms.null_threshold`).
+    input's dtype (fp32 for fp16 and bf16 inputs, which eigh does not take). Null eigenvalues
+    follow the library's rule (`transforms.null_threshold`).
 
     Its gradient divides by eigenvalue gaps: wrong or not finite where eigenvalues repeat (the
     benchmarks show where).
     """
-    ac = a - a.mean(-1, keepdim=True)
+    work = a.to(compute_dtype(a.dtype))
+    ac = work - work.mean(-1, keepdim=True)
     sigma = ac @ ac.mT / (a.shape[-1] - ddof)
     lam, u = torch.linalg.eigh(sigma)
-    lam = torch.where(lam <= null_threshold(lam, a.dtype), 0.0, lam) + eps  # of S = cov + eps I
+    lam = torch.where(lam <= null_threshold(lam, work.dtype), 0.0, lam) + eps  # of S = cov + eps I
     positive = lam > 0
     # The unused branch of `where` stays finite, or its zero gradient would become 0 * inf = NaN.
     g = torch.where(positive, torch.where(positive, lam, 1.0).pow(-p), 0.0)
-    return (u * g[..., None, :]) @ u.mT @ ac
+    return ((u * g[..., None, :]) @ u.mT @ ac).to(a.dtype)
 
 
 def iternorm_reference(x: Tensor, axis: int = 0, iterations: int = 4, eps: float = 0.0) -> Tensor:

@@ -187,6 +187,16 @@ def test_power_half_inputs_under_autocast(backend, dtype, axis):
     assert_close(grad_x, ref_grad, 1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_power_reference_takes_half_inputs(dtype, axis):
+    # eigh has no half kernels: the baseline computes in fp32 and returns the input's dtype.
+    x = (torch.randn(48, 160) * 30).to(dtype)
+    out = power_whitening(x, 0.5, axis, backend="reference")
+    assert out.dtype == dtype
+    assert_close(out, power_whitening(x.double(), 0.5, axis), 1e-2)
+
+
 @pytest.mark.parametrize("backend", POWER_BACKENDS)
 def test_power_is_finite_on_rank_deficient_batches(backend):
     # Repeated samples: many null eigenvalues beyond the one centring leaves.
