@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from intl_kernels.backends.torch_ops import compute_dtype
+from intl_kernels.backends.base import compute_dtype
 from intl_kernels.function import _batch_as_groups, _groups_as_batch
 from intl_kernels.scaling import rescale
 from intl_kernels.validation import check_nonnegative_real

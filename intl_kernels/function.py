@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from intl_kernels.backends import torch_ops
-from intl_kernels.backends.base import Backend, EagerBackend
+from intl_kernels.backends.base import Backend, EagerBackend, compute_dtype
 from intl_kernels.backends.staged import whitening_core
 from intl_kernels.dispatch import ENV_VARIABLE, resolve_backend
 from intl_kernels.scaling import rescale, unscale
@@ -127,11 +127,11 @@ def iternorm_transform(iterations: int, evaluation: str, dtype: torch.dtype) -> 
     check_evaluation(evaluation)
     if evaluation == "spectral":
         return SpectralIterNormTransform(iterations)
-    limit = NEWTON_ACCURATE_ITERATIONS[torch_ops.compute_dtype(dtype)]
+    limit = NEWTON_ACCURATE_ITERATIONS[compute_dtype(dtype)]
     if iterations > limit:
         warnings.warn(
             f"iterations={iterations} is past the accurate range of the Newton-Schulz iteration in "
-            f"{torch_ops.compute_dtype(dtype)} (T <= {limit}): its rounding errors grow by orders of "
+            f"{compute_dtype(dtype)} (T <= {limit}): its rounding errors grow by orders of "
             "magnitude per step and it overflows to NaN within a few more; pass evaluation='spectral' "
             "for the same polynomial evaluated stably on the eigenvalues",
             RuntimeWarning,
@@ -299,7 +299,7 @@ def whitening_matrix(a: Tensor, iterations: int, eps: float, ddof: int) -> Tenso
     The Function works in the smaller space; this is for callers that need the full-space matrix
     when p > q (the IterNorm layer's running statistics).
     """
-    ac = a.to(torch_ops.compute_dtype(a.dtype))
+    ac = a.to(compute_dtype(a.dtype))
     mean = ac.mean(-1, keepdim=True)
     ac = ac - mean
     k = (ac @ ac.mT).div_(a.shape[-1] - ddof)

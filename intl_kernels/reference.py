@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from intl_kernels.backends.torch_ops import compute_dtype
-from intl_kernels.transforms import null_threshold
+from intl_kernels.backends.base import compute_dtype
+from intl_kernels.transforms import Transformation, null_threshold
 
-__all__ = ["iternorm_reference", "power_groups_reference", "whiten_groups_reference"]
+__all__ = ["iternorm_reference", "spectral_groups_reference", "whiten_groups_reference"]
 
 
 def whiten_groups_reference(a: Tensor, iterations: int, eps: float, ddof: int) -> Tensor:
@@ -35,11 +35,13 @@ def whiten_groups_reference(a: Tensor, iterations: int, eps: float, ddof: int) -
     return (p / trace.sqrt()) @ ac
 
 
-def power_groups_reference(a: Tensor, p: float, eps: float, ddof: int) -> Tensor:
-    """Power whitening `U diag(λ^-p) U^T @ ac` of groups `a` (g, p, q), as a user would write it:
-    autograd through `torch.linalg.eigh` of the covariance in the original p x p space, in the
-    input's dtype (fp32 for fp16 and bf16 inputs, which eigh does not take). Null eigenvalues
-    follow the library's rule (`transforms.null_threshold`).
+def spectral_groups_reference(a: Tensor, transform: Transformation, eps: float, ddof: int) -> Tensor:
+    """A spectral transformation `U diag(g(λ)) U^T @ ac` of groups `a` (g, p, q) as a user would
+    write it: autograd through `torch.linalg.eigh` of the covariance in the original p x p space,
+    `g(λ) = tr^(-s) h(λ / tr)` from the transformation, in the input's dtype (fp32 for fp16 and
+    bf16 inputs, which eigh does not take). Null eigenvalues follow the library's rule
+    (`transforms.null_threshold`). The baseline of power whitening, and the eager form of
+    IterNorm's spectral evaluation (which torch.func can differentiate).
 
     Its gradient divides by eigenvalue gaps: wrong or not finite where eigenvalues repeat (the
     benchmarks show where).
@@ -49,9 +51,7 @@ def power_groups_reference(a: Tensor, p: float, eps: float, ddof: int) -> Tensor
     sigma = ac @ ac.mT / (a.shape[-1] - ddof)
     lam, u = torch.linalg.eigh(sigma)
     lam = torch.where(lam <= null_threshold(lam, work.dtype), 0.0, lam) + eps  # of S = cov + eps I
-    positive = lam > 0
-    # The unused branch of `where` stays finite, or its zero gradient would become 0 * inf = NaN.
-    g = torch.where(positive, torch.where(positive, lam, 1.0).pow(-p), 0.0)
+    g = transform.eigenvalue_map(lam)
     return ((u * g[..., None, :]) @ u.mT @ ac).to(a.dtype)
 
 

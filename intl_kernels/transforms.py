@@ -52,6 +52,11 @@ class Transformation(ABC):
     def normalised_map(self, u: Tensor) -> Tensor:
         """`h(u)` on normalised eigenvalues u = λ / tr >= 0 (0 where u is null)."""
 
+    def eigenvalue_map(self, lam: Tensor) -> Tensor:
+        """`g(λ) = tr^(-s) h(λ / tr)` on a whole spectrum λ (..., n) of S, whose sum is its trace."""
+        trace = lam.sum(-1, keepdim=True)
+        return self.normalised_map(lam / trace) * trace.pow(-self.scale_exponent)
+
     @abstractmethod
     def divided_differences(self, u: Tensor) -> Tensor:
         """The (..., n, n) matrix of h's divided differences `h[u_i, u_j]` over eigenvalues u (..., n),
@@ -182,7 +187,9 @@ class PowerTransform(Transformation):
 
     def normalised_map(self, u: Tensor) -> Tensor:
         positive = u > 0
-        return torch.where(positive, u.clamp_min(torch.finfo(u.dtype).tiny).pow(-self.p), 0.0)
+        # The unused branch stays finite, so under autograd (the reference backend) its zero
+        # gradient stays 0 instead of 0 * inf = NaN.
+        return torch.where(positive, torch.where(positive, u, 1.0).pow(-self.p), 0.0)
 
 
 def null_threshold(eigenvalues: Tensor, gram_dtype: torch.dtype) -> Tensor:
@@ -236,8 +243,6 @@ def spectral_map(kind: str, eigenvalues: Tensor | Any, **params: Any) -> Tensor:
         lam = lam.double()
     if bool((lam < 0).any()) or not bool(torch.isfinite(lam).all()):
         raise ValueError("eigenvalues of a covariance must be finite and >= 0")
-    trace = lam.sum(-1, keepdim=True)
-    if bool((trace <= 0).any()):
+    if bool((lam.sum(-1) <= 0).any()):
         raise ValueError("the eigenvalues sum to 0: the spectrum of a zero covariance has no transformation")
-    g = transform.normalised_map(lam / trace) * trace.pow(-transform.scale_exponent)
-    return lam * g.square()
+    return lam * transform.eigenvalue_map(lam).square()

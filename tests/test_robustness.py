@@ -10,10 +10,17 @@ import warnings
 import pytest
 import torch
 
-from intl_kernels import FusedIterNorm, IterNormTransform, iternorm, power_whitening, verification
+from intl_kernels import (
+    FusedIterNorm,
+    IterNormTransform,
+    PowerTransform,
+    iternorm,
+    power_whitening,
+    verification,
+)
 from intl_kernels.backends import registry
 from intl_kernels.dispatch import clear_resolution_cache
-from intl_kernels.reference import power_groups_reference, whiten_groups_reference
+from intl_kernels.reference import spectral_groups_reference, whiten_groups_reference
 from tests.helpers import STAGED_BACKENDS, assert_close, assert_compiles_like_eager
 
 ITERNORM_BACKENDS = [*STAGED_BACKENDS, "reference"]
@@ -76,7 +83,8 @@ def test_power_whitening_at_extreme_magnitudes(p, scale):
     unit = torch.randn(12, 8, dtype=torch.float64)
     x = (unit * scale).float()
     out = power_whitening(x, p, axis=1, backend="torch")
-    ref = power_groups_reference((x.double() / scale).mT.unsqueeze(0), p, 0.0, 1)[0].mT * scale ** (1 - 2 * p)
+    unit_groups = (x.double() / scale).mT.unsqueeze(0)
+    ref = spectral_groups_reference(unit_groups, PowerTransform(p), 0.0, 1)[0].mT * scale ** (1 - 2 * p)
     assert_close(out, ref, 1e-4)
 
 
@@ -187,14 +195,23 @@ def test_eps0_compiled_zero_trace_is_refused_when_it_runs():
 
 
 @pytest.mark.parametrize("transform", ["grad", "jacrev"])
-def test_torch_func_transforms_differentiate_the_official_math(transform):
+@pytest.mark.parametrize(
+    "whiten",
+    [
+        lambda t: iternorm(t, 1, 4),
+        lambda t: iternorm(t, 1, 20, evaluation="spectral"),
+        lambda t: power_whitening(t, 0.5, 1),
+    ],
+    ids=["newton", "spectral", "power"],
+)
+def test_torch_func_transforms_differentiate_the_reference(transform, whiten):
     x = torch.randn(12, 5, dtype=torch.float64)
     cotangent = torch.randn_like(x)
-    expected = _output_and_gradient(lambda t: iternorm(t, 1, 4), x, cotangent)[1]
+    expected = _output_and_gradient(whiten, x, cotangent)[1]
     if transform == "grad":
-        actual = torch.func.grad(lambda t: (iternorm(t, 1, 4) * cotangent).sum())(x)
+        actual = torch.func.grad(lambda t: (whiten(t) * cotangent).sum())(x)
     else:
-        actual = torch.einsum("ij,ijkl->kl", cotangent, torch.func.jacrev(lambda t: iternorm(t, 1, 4))(x))
+        actual = torch.einsum("ij,ijkl->kl", cotangent, torch.func.jacrev(whiten)(x))
     assert_close(actual, expected, 1e-12)
 
 

@@ -22,6 +22,12 @@ Backward = Callable[[tuple[Tensor, ...], Tensor, Transformation, float, int, boo
 UnusableReason = Callable[[torch.device, torch.dtype], "str | None"]
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of every backend's internal matrices for inputs of `dtype`: fp64 stays fp64,
+    everything else runs in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclass(frozen=True)
 class MatrixFunction:
     """How a backend computes a transformation's `h(Sn)` of the trace-normalised matrix and its gradient.

@@ -18,18 +18,13 @@ import torch
 from torch import Tensor
 
 from intl_kernels.backends import eigen
-from intl_kernels.backends.base import MatrixFunction
+from intl_kernels.backends.base import MatrixFunction, compute_dtype
 from intl_kernels.backends.registry import register
 from intl_kernels.backends.staged import Stages, staged_backend
 from intl_kernels.transforms import IterNormTransform
 
 NewtonIterates = list[tuple[Tensor, Tensor]]
 """(P_{k-1}, P_{k-1}^3) for k = 2..T: what the backward of Newton-Schulz needs."""
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the internal matrices: fp64 stays fp64, everything else runs in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _product_in_layout_of(a: Tensor, left: Tensor, right: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from intl_kernels import iternorm, iternorm_reference
 from intl_kernels.backends import torch_ops
+from intl_kernels.backends.base import compute_dtype
 from intl_kernels.backends.triton import backend
 from intl_kernels.function import whiten_groups
 from intl_kernels.reference import whiten_groups_reference
@@ -82,7 +83,7 @@ def test_gram(shape, dtype, transposed, ddof):
     source, mean, k = backend.gram(a, ddof)
     _, expected_mean, expected_k = torch_ops.gram(a.double(), ddof)
     assert source is a
-    assert mean.dtype == k.dtype == torch_ops.compute_dtype(dtype)
+    assert mean.dtype == k.dtype == compute_dtype(dtype)
     assert_close(mean, expected_mean, RTOL[dtype])
     assert_close(k, expected_k, RTOL[dtype])
     assert torch.equal(k, k.mT)  # mirrored tiles: exactly symmetric
@@ -163,7 +164,7 @@ def test_whiten_backward_with_the_reduction_split_into_slices(shape, transposed)
 def _check_whiten_and_its_backward(shape, dtype, transposed):
     a = _groups(shape, dtype, transposed)
     source, mean, _ = backend.gram(a, 1)
-    cd = torch_ops.compute_dtype(dtype)
+    cd = compute_dtype(dtype)
     n = min(shape[1:])
     w = _symmetric((shape[0], n, n), cd)
     grad_out = torch.randn(shape, device=DEVICE).to(dtype)

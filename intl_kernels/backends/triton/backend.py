@@ -8,10 +8,10 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from intl_kernels.backends.base import Backend
+from intl_kernels.backends.base import Backend, compute_dtype
 from intl_kernels.backends.registry import register
 from intl_kernels.backends.staged import Stages, staged_backend
-from intl_kernels.backends.torch_ops import NewtonIterates, compute_dtype, newton_matrix_function
+from intl_kernels.backends.torch_ops import NewtonIterates, newton_matrix_function
 from intl_kernels.transforms import IterNormTransform
 
 _INTERPRETER_VARIABLE = "TRITON_INTERPRET"

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from intl_kernels.backends.torch_ops import compute_dtype
+from intl_kernels.backends.base import compute_dtype
 from intl_kernels.backends.triton import tiles
 from intl_kernels.backends.triton.config import Config, pipeline_stages, precision
 
