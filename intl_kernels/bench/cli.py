@@ -30,7 +30,7 @@ from intl_kernels.bench.floor import measure_limits
 from intl_kernels.bench.kernel import bench_case
 from intl_kernels.bench.train_step import bench_train_step
 from intl_kernels.dispatch import BACKEND_NAMES, available_backends
-from intl_kernels.transforms import parse_transform
+from intl_kernels.transforms import SpectralIterNormTransform, parse_transform
 
 COLUMNS = (
     ("case", 14, "{}"), ("axis", 4, "{}"), ("mode", 16, "{}"), ("backend", 9, "{}"),
@@ -131,9 +131,15 @@ def default_backends(device: torch.device) -> list[str]:
 
 def _transform_spec(text: str) -> str:
     try:
-        parse_transform(text)
+        transform = parse_transform(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if isinstance(transform, SpectralIterNormTransform):
+        # Its cases would silently time the Newton form.
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the bench times IterNorm's Newton form (iternorm:T, as FusedIterNorm runs it "
+            "by default) and power functions (power:p), not IterNorm's spectral evaluation"
+        )
     return text
 
 
