@@ -14,7 +14,7 @@
 # replaces benchmarks/results):
 #   1. build intl_kernels._C in place against the machine's torch: C++ and CUDA operators for this
 #      GPU's architecture only (faster); the C++ operators alone when no CUDA toolkit is there
-#   2. correctness of every backend usable on CUDA against the float64 reference (gpu_selftest.py)
+#   2. correctness of every backend usable on CUDA, IterNorm and ZCA, against float64 (gpu_selftest.py)
 #   3. intl-bench --preset all on CUDA (no torch.compile baseline: its compile time per case is long)
 #   4. the precision study on the GPU's tensor cores: errors of each Triton product precision
 #      against float64 (benchmarks/precision_study.py; on CPU it emulates them)

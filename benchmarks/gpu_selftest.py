@@ -2,10 +2,12 @@
 
     python benchmarks/gpu_selftest.py --device cuda --json selftest.json
 
-For each usable staged backend, dtype (fp64, fp32, bf16, fp16), axis and shape: forward and input
-gradient of `iternorm` against `iternorm_reference` in float64, norm-wise relative error within
-the dtype's tolerance (fp64 1e-9, fp32 1e-4, half 2e-2). Prints one line per check and a summary;
-exits 1 when any check fails.
+For each transformation, usable backend, dtype (fp64, fp32, bf16, fp16), axis and shape: forward
+and input gradient against float64, norm-wise relative error within the dtype's tolerance (fp64
+1e-9, fp32 1e-4, half 2e-2). IterNorm (T = 4) against `iternorm_reference` on the device; ZCA
+(`power_whitening`, p = 0.5) against the `torch` backend on the CPU in float64, which the test
+suite checks against NumPy (on the device the same backend would be compared with itself). Prints
+one line per check and a summary; exits 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -17,31 +19,47 @@ from pathlib import Path
 
 import torch
 
-from intl_kernels import available_backends, iternorm, iternorm_reference
+from intl_kernels import available_backends, iternorm, iternorm_reference, power_whitening
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 SHAPES = [(8, 13), (13, 8), (64, 64), (256, 2048), (128, 8192), (300, 77)]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+    actual = actual.double().to(expected.device)
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
 
 
-def check(backend: str, dtype: torch.dtype, axis: int, shape: tuple[int, int], device: torch.device) -> dict:
+# transformation -> (its whitening through a backend, its float64 expectation on some device)
+WHITENINGS = {
+    "iternorm": (
+        lambda x, axis, backend: iternorm(x, axis, 4, backend=backend),
+        lambda x, axis: iternorm_reference(x, axis, 4),
+    ),
+    "power": (
+        lambda x, axis, backend: power_whitening(x, 0.5, axis, backend=backend),
+        lambda x, axis: power_whitening(x.cpu(), 0.5, axis, backend="torch"),
+    ),
+}
+
+
+def check(case: dict, device: torch.device) -> dict:
+    """`case` (transform, backend, dtype, axis, shape) with its errors and verdict."""
+    whiten, expectation = WHITENINGS[case["transform"]]
+    dtype, axis, shape = getattr(torch, case["dtype"]), case["axis"], case["shape"]
     x = (torch.randn(shape, dtype=torch.float64, device=device) * 3).to(dtype)
     grad = torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
     reference_input = x.double().requires_grad_(True)
-    expected = iternorm_reference(reference_input, axis, 4)
-    (expected_grad,) = torch.autograd.grad(expected, reference_input, grad.double())
+    expected = expectation(reference_input, axis)
+    (expected_grad,) = torch.autograd.grad(expected, reference_input, grad.double().to(expected.device))
     leaf = x.detach().requires_grad_(True)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.float16, torch.bfloat16))
     with autocast:
-        out = iternorm(leaf, axis, 4, backend=backend)
+        out = whiten(leaf, axis, case["backend"])
     (got_grad,) = torch.autograd.grad(out, leaf, grad)
     errors = (relative_error(out, expected.detach()), relative_error(got_grad, expected_grad))
     ok = out.dtype == dtype and all(e <= TOLERANCE[dtype] for e in errors)
-    return {"backend": backend, "dtype": str(dtype), "axis": axis, "shape": list(shape),
-            "forward_error": errors[0], "grad_error": errors[1], "passed": bool(ok)}  # fmt: skip
+    return {**case, "forward_error": errors[0], "grad_error": errors[1], "passed": bool(ok)}
 
 
 def main() -> int:
@@ -52,24 +70,31 @@ def main() -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
     results = []
-    for dtype in TOLERANCE:
-        for backend in [b for b in available_backends(device, dtype) if b != "reference"]:
-            for axis in (0, 1):
-                for shape in SHAPES:
-                    try:
-                        row = check(backend, dtype, axis, shape, device)
-                    except Exception as exc:  # report and go on: one failure must not hide the others
-                        row = {"backend": backend, "dtype": str(dtype), "axis": axis, "shape": list(shape),
-                               "passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]}  # fmt: skip
-                    results.append(row)
-                    status = "PASS" if row["passed"] else "FAIL"
-                    detail = (
-                        row.get("error") or f"fwd {row['forward_error']:.1e} grad {row['grad_error']:.1e}"
-                    )
-                    print(
-                        f"{status} {backend:>7} {str(dtype):>15} axis {axis} {str(shape):>12}: {detail}",
-                        flush=True,
-                    )
+    cases = [
+        {
+            "transform": transform,
+            "backend": backend,
+            "dtype": str(dtype).removeprefix("torch."),
+            "axis": axis,
+            "shape": list(shape),
+        }  # fmt: skip
+        for transform in WHITENINGS
+        for dtype in TOLERANCE
+        for backend in available_backends(device, dtype, transform)
+        if backend != "reference"
+        for axis in (0, 1)
+        for shape in SHAPES
+    ]
+    for case in cases:
+        try:
+            row = check(case, device)
+        except Exception as exc:  # report and go on: one failure must not hide the others
+            row = {**case, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        results.append(row)
+        status = "PASS" if row["passed"] else "FAIL"
+        detail = row.get("error") or f"fwd {row['forward_error']:.1e} grad {row['grad_error']:.1e}"
+        where = f"{case['transform']:>8} {case['backend']:>7} {case['dtype']:>8} axis {case['axis']}"
+        print(f"{status} {where} {str(case['shape']):>12}: {detail}", flush=True)
     failed = sum(not r["passed"] for r in results)
     print(f"selftest on {device}: {len(results) - failed} passed, {failed} failed")
     if args.json:
