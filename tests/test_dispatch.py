@@ -10,7 +10,14 @@ import textwrap
 import pytest
 import torch
 
-from intl_kernels import BACKEND_NAMES, available_backends, iternorm, iternorm_reference
+from intl_kernels import (
+    BACKEND_NAMES,
+    available_backends,
+    dispatch,
+    iternorm,
+    iternorm_reference,
+    power_whitening,
+)
 from intl_kernels.backends import cpp
 from intl_kernels.dispatch import clear_resolution_cache, resolve_backend
 
@@ -38,6 +45,27 @@ def test_auto_picks_the_compiled_backend_on_cpu_else_the_portable_one(monkeypatc
     monkeypatch.setattr(cpp, "_load_error", lambda: "the compiled extension is missing (test)")
     clear_resolution_cache()
     assert resolve_backend("auto", torch.device("cpu"), torch.float32).name == "torch"
+
+
+def test_auto_takes_the_fastest_backend_that_implements_the_transformation(monkeypatch):
+    monkeypatch.delenv("INTL_BACKEND", raising=False)
+    cpu = torch.device("cpu")
+    # cpp ranks first on the CPU but implements the Newton form only.
+    for kind in ("power", "iternorm_spectral"):
+        assert resolve_backend("auto", cpu, torch.float32, kind).name == "torch"
+
+
+def test_a_choice_is_resolved_once_per_device_type_dtype_and_transformation(monkeypatch):
+    monkeypatch.delenv("INTL_BACKEND", raising=False)
+    resolutions = []
+    resolve = dispatch._resolve
+    monkeypatch.setattr(dispatch, "_resolve", lambda *key: resolutions.append(key) or resolve(*key))
+    for _ in range(3):
+        for dtype in (torch.float32, torch.float64):
+            for kind in ("iternorm", "power"):
+                resolve_backend("auto", torch.device("cpu"), dtype, kind)
+        power_whitening(torch.randn(6, 9))  # the public path reads the same cache
+    assert len(resolutions) == 4
 
 
 def test_environment_overrides_auto(monkeypatch):
