@@ -67,27 +67,36 @@ def test_power_gradcheck(backend, axis, shape, p, eps):
     assert torch.autograd.gradcheck(lambda t: power_whitening(t, p, axis, eps, backend=backend), (x,))
 
 
-def _batch_with_spectrum(singular_values: list[float], n: int) -> torch.Tensor:
-    """An (n, d) batch, centred, whose covariance over features has eigenvalues s^2 / (n - 1)."""
-    d = len(singular_values)
+def _batch_with_spectrum(singular_values: list[float], n: int, d: int | None = None) -> torch.Tensor:
+    """An (n, d) batch, centred, whose covariance over its d features (default: one per singular
+    value) has eigenvalues s^2 / (n - 1) and d - len(s) null ones."""
+    k = len(singular_values)
     centring = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    left = torch.linalg.qr(centring @ torch.randn(n, d, dtype=torch.float64))[0]
-    right = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0]
+    left = torch.linalg.qr(centring @ torch.randn(n, k, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(d or k, k, dtype=torch.float64))[0]
     return left @ torch.diag(torch.tensor(singular_values, dtype=torch.float64)) @ right.T
 
 
 def _numpy_divided_difference_gradient(x: torch.Tensor, grad: torch.Tensor, p: float) -> torch.Tensor:
-    """d<grad, xc Φ>/dx at axis 1 with Φ = S^-p, by the Daleckii-Krein formula in float64 NumPy
-    (ties within 1e-9 relative take the derivative)."""
+    """d<grad, xc Φ>/dx at axis 1 with Φ = S^-p (pseudo-inverse: eigenvalues below 1e-10 of the
+    largest are null and map to 0), by the Daleckii-Krein formula in float64 NumPy: ties within
+    1e-9 relative take the derivative, a null and a positive eigenvalue λ the quotient g(λ) / λ,
+    two null ones 0."""
     xn, gn = x.numpy(), grad.numpy()
     xc = xn - xn.mean(0)
     n = xn.shape[0]
     lam, u = np.linalg.eigh(xc.T @ xc / (n - 1))
-    g = lam**-p
+    positive = lam > 1e-10 * lam.max()
+    lam = np.where(positive, lam, 0.0)
+    g = np.where(positive, np.where(positive, lam, 1.0) ** -p, 0.0)
     li, lj = lam[:, None], lam[None, :]
     tie = np.abs(li - lj) <= 1e-9 * np.maximum(li, lj)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.where(tie, -p * li ** (-p - 1), (g[:, None] - g[None, :]) / (li - lj))
+        derivative = -p * li ** (-p - 1)
+        quotient = (g[:, None] - g[None, :]) / (li - lj)
+    both = positive[:, None] & positive[None, :]
+    either = positive[:, None] | positive[None, :]
+    f = np.where(both, np.where(tie, derivative, quotient), np.where(either, quotient, 0.0))
     phi = (u * g) @ u.T
     grad_phi = xc.T @ gn
     grad_phi = 0.5 * (grad_phi + grad_phi.T)
@@ -109,6 +118,17 @@ def test_power_gradient_where_eigenvalues_repeat(backend, gap, p):
     if gap == 0.0:  # the map is smooth there: finite differences agree as well
         leaf = x.clone().requires_grad_(True)
         assert torch.autograd.gradcheck(lambda t: power_whitening(t, p, axis=1, backend=backend), (leaf,))
+
+
+@pytest.mark.parametrize("backend", POWER_BACKENDS)
+@pytest.mark.parametrize("p", [0.5, 0.25])
+def test_power_gradient_where_eigenvalues_repeat_beside_null_ones(backend, p):
+    # 20 samples of 16 features of rank 9: three 3-fold eigenvalues and 7 null ones in the smaller
+    # (feature) space, beyond the one centring leaves in the sample space.
+    x = _batch_with_spectrum([s for s in (3.0, 2.0, 1.0) for _ in range(3)], 20, d=16)
+    grad = torch.randn_like(x)
+    _, grad_x = forward_and_grad(lambda t: power_whitening(t, p, axis=1, backend=backend), x, grad)
+    assert_close(grad_x, _numpy_divided_difference_gradient(x, grad, p), 1e-9)
 
 
 def _exact_divided_difference(a: float, b: float, p: float) -> float:
