@@ -274,12 +274,15 @@ def _numpy_cholesky(x: torch.Tensor, axis: int, eps: float) -> torch.Tensor:
 
 @pytest.mark.parametrize(("axis", "shape"), [(1, (20, 6)), (0, (6, 20))])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cholesky_matches_numpy(axis, shape, eps, dtype):
-    x = torch.randn(shape, dtype=torch.float64)
-    out = cholesky_whitening(x.to(dtype), axis, eps)
+@pytest.mark.parametrize(
+    ("dtype", "rtol"),
+    [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 1e-2)],
+)
+def test_cholesky_matches_numpy(axis, shape, eps, dtype, rtol):
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)  # the rounded input is the one compared
+    out = cholesky_whitening(x, axis, eps)
     assert out.dtype == dtype
-    assert_close(out, _numpy_cholesky(x, axis, eps), 1e-12 if dtype == torch.float64 else 1e-5)
+    assert_close(out, _numpy_cholesky(x.double(), axis, eps), rtol)
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-25])
